@@ -1,0 +1,59 @@
+"""The console's second-factor gate, custodian acknowledgement gate and idle timeout."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import logout
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.urls import reverse
+
+from audit.services import record
+from kms_console.lib.roles import Role
+
+from . import services
+
+# Paths a signed-in user may reach before finishing the second factor.
+OPEN_PREFIXES = ("/static/", "/api/", "/accounts/", "/favicon")
+LAST_SEEN_KEY = "kms_last_seen"
+
+
+class SecondFactorMiddleware:
+    """For console pages (not the API, which checks per request):
+
+    1. a privileged user idle for longer than KMS_IDLE_TIMEOUT_SECONDS is signed out;
+    2. a user who has (or must have) a TOTP device but has not verified it is sent to the OTP step,
+       or to enrolment when they have no confirmed device yet;
+    3. a custodian without a current acknowledgement is sent to the responsibilities text.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        user = request.user
+        if not user.is_authenticated or request.path.startswith(("/static/", "/api/")):
+            return self.get_response(request)
+        privileged = services.is_privileged(user)
+        now = time.time()
+        last_seen = request.session.get(LAST_SEEN_KEY)
+        if privileged and last_seen and now - last_seen > settings.KMS_IDLE_TIMEOUT_SECONDS:
+            record("auth.session_expired", actor=user, target_type="user", target_id=user.pk)
+            logout(request)
+            messages.info(request, "You were signed out after 15 minutes without activity. Please sign in again.")
+            return redirect(f"{reverse('accounts:login')}?next={request.path}")
+        request.session[LAST_SEEN_KEY] = now
+        if request.path.startswith(OPEN_PREFIXES):
+            return self.get_response(request)
+        if not user.is_verified():
+            if services.has_confirmed_device(user):
+                return redirect(f"{reverse('accounts:otp')}?next={request.path}")
+            if privileged:
+                return redirect("accounts:enrol")
+        if Role.CUSTODIAN in services.roles_of(user) and not services.has_current_acknowledgement(user):
+            return redirect("accounts:acknowledge")
+        return self.get_response(request)
