@@ -12,6 +12,7 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("audit/", include("audit.urls")),
     path("compliance/", include("compliance.urls")),
+    path("backups/", include("lifecycle.backups.urls")),
     path("", include("approvals.urls")),
     path("", include("lifecycle.urls")),
 ]
