@@ -56,8 +56,12 @@ pip_ensure() {
     stamp="$VENV/.kms-installed-$(sha256sum pyproject.toml | cut -c1-16)-${extra:-base}"
     if [ ! -f "$stamp" ]; then
         say "Installing Python packages ($spec)"
-        "$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-        "$PY" -m pip install -q --disable-pip-version-check -e "$spec"
+        mkdir -p "$VAR/log"
+        if ! { "$PY" -m pip install --disable-pip-version-check --upgrade pip \
+                && "$PY" -m pip install --disable-pip-version-check -e "$spec"; } >"$VAR/log/pip.log" 2>&1; then
+            tail -n 30 "$VAR/log/pip.log" >&2
+            die "pip could not install the packages (full log: $VAR/log/pip.log)"
+        fi
         rm -f "$VENV"/.kms-installed-*-"${extra:-base}"
         touch "$stamp"
     fi

@@ -15,7 +15,7 @@ from django.core.management.base import CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import record
+from audit.services import record, sign_checkpoint
 from kms_console.lib.commands import KmsCommand
 from lifecycle.audit_signer import ensure_signing_key
 from lifecycle.hsm import default_backend, softhsm
@@ -46,6 +46,10 @@ class Command(KmsCommand):
             with transaction.atomic():
                 policy_apply(name=STANDARD_POLICY, settings=standard_settings(), actor=None)
             self.stderr.write("Created the standard policy (version 1).")
+        # Anchor what setup recorded right away instead of waiting for beat's first checkpoint.
+        checkpoint = sign_checkpoint()
+        if checkpoint is not None:
+            self.stderr.write(f"Signed an audit checkpoint at #{checkpoint.seq}.")
 
     def _init_softhsm(self) -> None:
         conf = Path(settings.KMS_SOFTHSM2_CONF)
