@@ -266,10 +266,16 @@ def test_a_missing_pin_source_is_a_config_error(hsm_token: Any) -> None:
         nowhere.inventory()
 
 
-def test_a_missing_token_is_a_config_error() -> None:
+def test_a_missing_token_is_a_config_error_and_other_sessions_recover(backend: Pkcs11Backend) -> None:
+    aes = new_id()
+    backend.generate("AES-256", aes, usage="encrypt_decrypt", label="before-reinit")
+    blob = backend.encrypt(aes, b"kept")  # a warm session and a cached handle
     ghost = Pkcs11Backend(module=default_backend().module, token_label="no-such-token", pin_env="KMS_HSM_PIN")
     with pytest.raises(HsmConfigError, match="no token labelled 'no-such-token'"):
         ghost.inventory()
+    # Looking again re-initialised the library; the other token's session and handles were renewed,
+    # not reused with numbers that may now name something else.
+    assert backend.decrypt(aes, blob) == b"kept"
     health = ghost.health()
     assert not health.ok
     assert os.environ["KMS_HSM_PIN"] not in health.error
@@ -331,12 +337,12 @@ def test_forked_children_use_the_driver_after_the_parent(backend: Pkcs11Backend)
     parent_blob = backend.encrypt(aes, b"from the parent")  # the parent's session is warm
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    children = [ctx.Process(target=_child, args=(aes.hex(), queue)) for _ in range(3)]
+    children = [ctx.Process(target=_child, args=(aes.hex(), queue)) for _ in range(4)]
     for child in children:
         child.start()
     results = [queue.get(timeout=60) for _ in children]
     for child in children:
         child.join(timeout=30)
-    assert results == [("ok", b"from the child", True)] * 3
+    assert results == [("ok", b"from the child", True)] * 4
     # The parent is unaffected by its children.
     assert backend.decrypt(aes, parent_blob) == b"from the parent"
