@@ -103,6 +103,15 @@ def hsm_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamesp
     )
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """On SQLite, test in a file rather than in shared-cache memory: a real worker thread or the live
+    server's thread then waits for locks (busy timeout) instead of failing with "table is locked"."""
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def celery_eager() -> None:
     """Tasks run in the test's thread when they are sent (after commit). Worker tests turn this off."""
@@ -330,6 +339,9 @@ def celery_worker(transactional_db: Any) -> Iterator[Any]:
             pytest.fail(message)
         pytest.skip(message)
     app.conf.update(broker_url=url, task_always_eager=False, broker_connection_retry_on_startup=True)
+    # Eager sends of earlier tests opened the app's producer pool on the broker configured then
+    # (Celery acquires a producer even in eager mode); drop it so sends go to this broker.
+    _drop_broker_pools(app)
     try:
         with start_worker(
             app, pool="solo", loglevel="WARNING", perform_ping_check=False, shutdown_timeout=15
@@ -337,3 +349,13 @@ def celery_worker(transactional_db: Any) -> Iterator[Any]:
             yield worker
     finally:
         app.conf.task_always_eager = True
+        _drop_broker_pools(app)
+
+
+def _drop_broker_pools(app: Any) -> None:
+    """Forget the app's broker connection and producer pools; the next send looks them up again for
+    the broker configured now. (Not closed: kombu keeps pools per broker URL and hands them out again.)"""
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
