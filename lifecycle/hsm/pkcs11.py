@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
-from pkcs11.constants import MechanismFlag
+from pkcs11.constants import DEFAULT, MechanismFlag
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import (
     decode_ecdsa_signature,
@@ -683,6 +683,9 @@ class Pkcs11Backend:
             caps = MechanismFlag.SIGN | MechanismFlag.VERIFY
             return ObjectClass.SECRET_KEY, KeyType.GENERIC_SECRET, caps, Mechanism.AES_KEY_WRAP, template
         key_type = KeyType.RSA if alg.family == "rsa" else KeyType.EC
+        # python-pkcs11 writes every capability attribute into an unwrap template; a private key has
+        # no CKA_ENCRYPT, CKA_VERIFY or CKA_WRAP, and SoftHSM refuses them (AttributeTypeInvalid).
+        template.update({Attribute.ENCRYPT: DEFAULT, Attribute.VERIFY: DEFAULT, Attribute.WRAP: DEFAULT})
         return ObjectClass.PRIVATE_KEY, key_type, MechanismFlag.SIGN, Mechanism.AES_KEY_WRAP_PAD, template
 
     def unwrap(

@@ -199,6 +199,21 @@ def test_unwrap_makes_a_working_token_key(backend: Pkcs11Backend) -> None:
         )
 
 
+@pytest.mark.parametrize("algorithm", ["RSA-2048", "EC-P256"])
+def test_a_wrapped_private_key_unwraps_and_signs_for_the_same_public_key(
+    backend: Pkcs11Backend, algorithm: str
+) -> None:
+    kek, pair, restored = new_id(), new_id(), new_id()
+    backend.generate("AES-256", kek, usage="wrap_unwrap", label="kek")
+    made = backend.generate(algorithm, pair, usage="sign_verify", label="pair", extractable=True)
+    wrapped = backend.wrap(kek, pair)
+    backend.unwrap(kek, wrapped, algorithm=algorithm, usage="sign_verify", new_cka_id=restored, label="restored")
+    signature = backend.sign(restored, algorithm, b"restored")
+    # The restored private key signs for the original public key.
+    assert backend.verify(pair, algorithm, b"restored", signature)
+    assert made.public_key_pem
+
+
 def test_destroy_removes_every_object_and_confirms_absence(backend: Pkcs11Backend) -> None:
     cka_id = new_id()
     backend.generate("EC-P256", cka_id, usage="sign_verify", label="gone")
