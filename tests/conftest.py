@@ -126,6 +126,17 @@ def _fast_password_hashing(settings: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_audit_context() -> Iterator[None]:
+    """Each test starts as "system": an actor a request set (API token authentication) must not
+    leak into the next test through the context variable."""
+    from audit import context
+
+    token = context._current.set(context.ActorContext())
+    yield
+    context._current.reset(token)
+
+
+@pytest.fixture(autouse=True)
 def _locmem_email(settings: Any) -> None:
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
