@@ -95,7 +95,8 @@ def test_the_production_profile_passes_check_deploy_without_warnings(tmp_path: P
         "KMS_PUBLIC_URL": "https://kms.example.com",
         "DEBUG": "false",
     }
-    env.pop("DJANGO_SETTINGS_MODULE", None)
+    for inherited in ("DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE", "SECRET_KEY", "SECRET_KEY_FILE"):
+        env.pop(inherited, None)  # a fresh production process, not this test process's environment
     result = _manage("check", "--deploy", "--fail-level", "WARNING", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
