@@ -39,6 +39,9 @@ from accounts.models import Acknowledgement
 
 TOKEN_LABEL = "kms-test"
 OTHER_TOKEN_LABEL = "kms-test-other"
+# A token nobody logs in to, for tests of refused PINs: login is per process and token, so once
+# any test logged in to a token, a wrong PIN for it can no longer be observed in this process.
+PIN_TOKEN_LABEL = "kms-test-pins"
 START = dt.datetime(2026, 12, 4, 9, 0, 0, tzinfo=dt.UTC)
 
 CAST: dict[str, set[str]] = {
@@ -84,6 +87,8 @@ def hsm_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamesp
     # tokens when it initialises, so both are made before the first HSM call.
     other_pin = softhsm.new_pin()
     softhsm.init_token(conf, OTHER_TOKEN_LABEL, softhsm.new_pin(), other_pin)
+    pins_pin = softhsm.new_pin()
+    softhsm.init_token(conf, PIN_TOKEN_LABEL, softhsm.new_pin(), pins_pin)
     # The library reads SOFTHSM2_CONF when it initialises, lazily at the first HSM call.
     os.environ["SOFTHSM2_CONF"] = str(conf)
     os.environ["KMS_HSM_PIN"] = user_pin
@@ -99,6 +104,8 @@ def hsm_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamesp
         pin=user_pin,
         so_pin=so_pin,
         other_label=OTHER_TOKEN_LABEL,
+        pins_label=PIN_TOKEN_LABEL,
+        pins_pin=pins_pin,
         other_pin=other_pin,
     )
 

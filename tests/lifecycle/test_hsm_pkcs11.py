@@ -249,13 +249,13 @@ def test_a_wrong_pin_gives_a_clear_error_without_the_pin(
     monkeypatch.setenv("KMS_TEST_WRONG_PIN", wrong)
     caplog.set_level(logging.DEBUG)
     other = Pkcs11Backend(
-        module=default_backend().module, token_label=hsm_token.other_label, pin_env="KMS_TEST_WRONG_PIN"
+        module=default_backend().module, token_label=hsm_token.pins_label, pin_env="KMS_TEST_WRONG_PIN"
     )
     with pytest.raises(HsmAuthError) as excinfo:
         other.inventory()
     text = f"{excinfo.value!s} {excinfo.value!r} {excinfo.value.__cause__!r} {excinfo.value.__context__!r}"
     assert wrong not in text
-    assert hsm_token.other_pin not in text
+    assert hsm_token.pins_pin not in text
     assert "refused the PIN" in str(excinfo.value)
     assert wrong not in caplog.text
     health = other.health()
@@ -263,9 +263,9 @@ def test_a_wrong_pin_gives_a_clear_error_without_the_pin(
     assert wrong not in health.error
     # The right PIN from a file works, and the default token was never disturbed.
     right = hsm_token.dir / "other-pin"
-    right.write_text(hsm_token.other_pin)
+    right.write_text(hsm_token.pins_pin)
     assert (
-        Pkcs11Backend(module=default_backend().module, token_label=hsm_token.other_label, pin_file=str(right))
+        Pkcs11Backend(module=default_backend().module, token_label=hsm_token.pins_label, pin_file=str(right))
         .health()
         .ok
     )
@@ -274,7 +274,7 @@ def test_a_wrong_pin_gives_a_clear_error_without_the_pin(
 
 def test_a_missing_pin_source_is_a_config_error(hsm_token: Any) -> None:
     nowhere = Pkcs11Backend(
-        module=default_backend().module, token_label=hsm_token.other_label, pin_env="KMS_NO_SUCH_PIN_VAR"
+        module=default_backend().module, token_label=hsm_token.pins_label, pin_env="KMS_NO_SUCH_PIN_VAR"
     )
     nowhere.reset()  # sessions are per process and token: forget one an earlier test may have opened
     with pytest.raises(HsmConfigError, match="no PIN configured"):
