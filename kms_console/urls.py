@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("kms_console.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("accounts/", include("accounts.urls")),
     path("audit/", include("audit.urls")),
     path("compliance/", include("compliance.urls")),
@@ -16,3 +16,6 @@ urlpatterns = [
     path("", include("approvals.urls")),
     path("", include("lifecycle.urls")),
 ]
+
+# Unrouted URLs under /api/ answer in the API's JSON error shape; console pages keep Django's page.
+handler404 = "kms_console.lib.errors.handler404"
