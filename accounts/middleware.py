@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from urllib.parse import urlencode
 
 from django.conf import settings
-from django.contrib import messages
 from django.contrib.auth import logout
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
@@ -20,6 +20,12 @@ from . import services
 # Paths a signed-in user may reach before finishing the second factor.
 OPEN_PREFIXES = ("/static/", "/api/", "/accounts/", "/favicon")
 LAST_SEEN_KEY = "kms_last_seen"
+# accounts.views.login_view shows this after an idle sign-out (the messages framework runs after
+# this middleware, so it cannot be used here).
+NOTICE_SESSION_KEY = "kms_notice"
+# The job-status poll of an open page sends this header: a poll is not activity, so a page left
+# open does not keep a privileged session alive.
+POLL_HEADER = "HTTP_X_KMS_POLL"
 
 
 class SecondFactorMiddleware:
@@ -44,16 +50,20 @@ class SecondFactorMiddleware:
         if privileged and last_seen and now - last_seen > settings.KMS_IDLE_TIMEOUT_SECONDS:
             record("auth.session_expired", actor=user, target_type="user", target_id=user.pk)
             logout(request)
-            messages.info(request, "You were signed out after 15 minutes without activity. Please sign in again.")
-            return redirect(f"{reverse('accounts:login')}?next={request.path}")
-        request.session[LAST_SEEN_KEY] = now
+            minutes = settings.KMS_IDLE_TIMEOUT_SECONDS // 60
+            request.session[NOTICE_SESSION_KEY] = (
+                f"You were signed out after {minutes} minutes without activity. Please sign in again."
+            )
+            return redirect(f"{reverse('accounts:login')}?{urlencode({'next': request.path})}")
+        if not request.META.get(POLL_HEADER):
+            request.session[LAST_SEEN_KEY] = now
         if request.path.startswith(OPEN_PREFIXES):
             return self.get_response(request)
         if not user.is_verified():
             if services.has_confirmed_device(user):
-                return redirect(f"{reverse('accounts:otp')}?next={request.path}")
+                return redirect(f"{reverse('accounts:otp')}?{urlencode({'next': request.path})}")
             if privileged:
-                return redirect("accounts:enrol")
+                return redirect(f"{reverse('accounts:enrol')}?{urlencode({'next': request.path})}")
         if Role.CUSTODIAN in services.roles_of(user) and not services.has_current_acknowledgement(user):
-            return redirect("accounts:acknowledge")
+            return redirect(f"{reverse('accounts:acknowledge')}?{urlencode({'next': request.path})}")
         return self.get_response(request)

@@ -146,7 +146,8 @@ def confirm_totp_enrolment(*, user: Any, device_id: int, code: str) -> TOTPDevic
 def verify_device_code(device: TOTPDevice, code: str | None) -> bool:
     """django-otp's check: rejects replays in the same time step and throttles after failures."""
     code = (code or "").strip().replace(" ", "")
-    if not code.isdigit() or len(code) != device.digits:
+    # ASCII digits only: str.isdigit() and int() also accept other scripts' digits (e.g. fullwidth).
+    if not (code.isascii() and code.isdigit()) or len(code) != device.digits:
         # Count malformed codes as failures too, so guessing shapes earns the same back-off.
         device.throttle_increment()
         return False
@@ -408,3 +409,8 @@ def register_login_success(user: Any) -> None:
     with transaction.atomic():
         LoginThrottle.objects.filter(username=user.get_username()).update(failures=0, locked_until=None)
         record("auth.login", actor=user, target_type="user", target_id=user.pk)
+
+
+def register_logout(user: Any) -> None:
+    """The user signed out of the console (an idle session ending is `auth.session_expired`)."""
+    record("auth.logout", actor=user, target_type="user", target_id=user.pk)

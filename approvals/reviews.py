@@ -44,9 +44,10 @@ def _execute(req: Any) -> registry.Outcome:
 
 
 def _describe(req: Any) -> str:
+    # target_label already reads "<operation> of <target>" (see _prepare).
     return (
-        f"Confirm, after the fact, the immediate {req.parameters.get('reviewed_operation', 'action')} "
-        f"of {req.target_label}. Approving records the review; rejecting records that the reviewers dispute it."
+        f"Confirm, after the fact, the immediate {req.target_label}. "
+        "Approving records the review; rejecting records that the reviewers dispute it."
     )
 
 

@@ -178,6 +178,11 @@ def open_request(
 # --- Deciding -------------------------------------------------------------------------------------
 
 
+def is_own_account(req: ApprovalRequest, user: Any) -> bool:
+    """Does the request change this user's own account (their roles, say)? Then they never decide on it."""
+    return req.target_type == "user" and req.target_id == str(user.pk)
+
+
 def _eligibility_problem(req: ApprovalRequest, approver: Any) -> str | None:
     return accounts.approver_problem(approver, set(req.approver_roles))
 
@@ -194,7 +199,8 @@ def decide(
     """Approve or reject a request. Checks, in order, under a row lock on the request:
 
     1. the request is pending and not past `approve_by` (a late one is expired now);
-    2. the approver did not make it, and has not decided on it yet;
+    2. the approver did not make it, it does not change their own account, and they have not
+       decided on it yet;
     3. the approver is eligible: a role the rule names, a confirmed TOTP device, and for custodians a
        current acknowledgement; auditors and service accounts never are;
     4. an approval quotes the request's digest (a rejection may, and must match if it does);
@@ -235,6 +241,10 @@ def decide(
             refusal = Forbidden(
                 "You made this request, and a requester never approves or rejects their own request.",
                 code="self_approval",
+            )
+        elif is_own_account(req, approver):
+            refusal = Forbidden(
+                "This request changes your own account; other people must decide on it.", code="own_account"
             )
         elif req.decisions.filter(approver=approver).exists():
             refusal = Conflict("You already decided on this request; each person decides once.", code="already_decided")
@@ -377,10 +387,18 @@ def mark_failed(request_id: Any, error: str) -> None:
 
 
 def execution_window_open(request_id: Any) -> bool:
-    """May the worker start the step now? (False once `execute_by` has passed.)"""
+    """May the worker start a job of this request now?
+
+    The window bounds the request's own execution: while the request is executing, its job must
+    start before `execute_by`. A job that follows a request which finished executing - the
+    destruction the sweep starts when the waiting period of an approved schedule is over - is
+    not bound by it (the request's step, scheduling, ran inside its window).
+    """
     req = ApprovalRequest.objects.filter(pk=request_id).only("execute_by", "state").first()
     if req is None:
         return False
+    if req.state != RequestState.EXECUTING:
+        return True
     return req.execute_by is None or timezone.now() <= req.execute_by
 
 
@@ -466,7 +484,12 @@ def eligible_approvers(req: ApprovalRequest) -> list[Any]:
     users = []
     for role in req.approver_roles:
         for user in accounts.users_with_role(role):
-            if user.pk != req.requester_id and user.pk not in decided and user not in users:
+            if (
+                user.pk != req.requester_id
+                and not is_own_account(req, user)
+                and user.pk not in decided
+                and user not in users
+            ):
                 users.append(user)
     return users
 

@@ -14,6 +14,7 @@ class ActorContext:
     user: Any = None  # a User, or None for the system
     via: str = "system"  # web, api, cli, worker, beat, system
     source: str = ""  # client address for web/api, host name or "" otherwise
+    scoped: bool = False  # inside an `acting` block (a request, task or command)
 
 
 # ActorContext is a frozen dataclass, so sharing the default instance is safe.
@@ -26,7 +27,7 @@ def current() -> ActorContext:
 
 @contextlib.contextmanager
 def acting(user: Any = None, *, via: str, source: str = "") -> Iterator[ActorContext]:
-    token = _current.set(ActorContext(user=user, via=via, source=source))
+    token = _current.set(ActorContext(user=user, via=via, source=source, scoped=True))
     try:
         yield _current.get()
     finally:
@@ -34,6 +35,13 @@ def acting(user: Any = None, *, via: str, source: str = "") -> Iterator[ActorCon
 
 
 def set_user(user: Any) -> None:
-    """The request's user became known (after authentication): keep via and source."""
+    """The request's user became known (after authentication): keep via and source.
+
+    Only inside an `acting` block, which undoes it when the request ends. Outside one (code that
+    authenticates without a request around it) there is nothing to attribute, and setting the
+    user would stick to the thread for good, crediting later system work to that user.
+    """
     ctx = _current.get()
-    _current.set(ActorContext(user=user, via=ctx.via, source=ctx.source))
+    if not ctx.scoped:
+        return
+    _current.set(ActorContext(user=user, via=ctx.via, source=ctx.source, scoped=True))

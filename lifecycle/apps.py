@@ -14,3 +14,9 @@ class LifecycleConfig(AppConfig):
 
         actions.register_all()
         steps.register()
+
+        from .backups import actions as backup_actions
+        from .backups import jobs as backup_jobs
+
+        backup_actions.register_all()
+        backup_jobs.register()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import django_filters
+from django.db import connection
 from django.db.models import Q, QuerySet
 
 from .hsm.base import ALGORITHMS
@@ -22,8 +23,14 @@ class KeyFilterSet(django_filters.FilterSet):
         fields = ["state", "algorithm", "usage", "policy", "tag", "q"]
 
     def filter_tag(self, queryset: QuerySet[Key], name: str, value: str) -> QuerySet[Key]:
-        # Tags are a JSON list; `contains` works on PostgreSQL and SQLite (JSON1) alike.
-        return queryset.filter(tags__contains=[value]) if value else queryset
+        if not value:
+            return queryset
+        # Tags are a JSON list. PostgreSQL answers `contains` (jsonb @>); SQLite has no such lookup
+        # (Django raises NotSupportedError), so there match the quoted tag in the JSON text: tags
+        # are plain words (lifecycle.actions.TAG_RE), so '"pci"' appears only for the tag pci.
+        if connection.features.supports_json_field_contains:
+            return queryset.filter(tags__contains=[value])
+        return queryset.filter(tags__icontains=f'"{value}"')
 
     def filter_text(self, queryset: QuerySet[Key], name: str, value: str) -> QuerySet[Key]:
         value = value.strip()

@@ -60,6 +60,7 @@ POLICY_FIELDS = (
     "destruction_wait_days",
     "backup",
     "exportable",
+    "backup_private_keys",
     "quorum",
 )
 
@@ -85,6 +86,7 @@ def standard_settings() -> dict[str, Any]:
         "destruction_wait_days": 30,
         "backup": BackupRule.ALLOWED.value,
         "exportable": False,
+        "backup_private_keys": False,
         "quorum": {op: default_rule(op) for op in QUORUM_OPERATIONS},
     }
 
@@ -180,6 +182,9 @@ def clean_settings(data: dict[str, Any], *, base: dict[str, Any] | None = None) 
     exportable = merged.get("exportable")
     if not isinstance(exportable, bool):
         raise _field_error("exportable", "must be true or false")
+    backup_private_keys = merged.get("backup_private_keys", False)
+    if not isinstance(backup_private_keys, bool):
+        raise _field_error("backup_private_keys", "must be true or false")
     quorum_in = merged.get("quorum") or {}
     if not isinstance(quorum_in, dict):
         raise _field_error("quorum", "must map operation names to rules")
@@ -201,6 +206,7 @@ def clean_settings(data: dict[str, Any], *, base: dict[str, Any] | None = None) 
         "destruction_wait_days": wait,
         "backup": backup,
         "exportable": exportable,
+        "backup_private_keys": backup_private_keys,
         "quorum": quorum,
     }
 

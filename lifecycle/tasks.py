@@ -8,6 +8,7 @@ from celery import shared_task
 
 from audit.context import acting
 
+from .backups import tasks as backup_tasks  # noqa: F401  (autodiscovery reads this module only)
 from .hsm.base import HsmTransientError
 from .services import jobs
 from .sweep import sweep

@@ -3,5 +3,12 @@
 from __future__ import annotations
 
 from django.urls import URLPattern, URLResolver
+from rest_framework.routers import SimpleRouter
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from . import schema  # noqa: F401  (registers the authentication schemes with drf-spectacular)
+from .views import TokenViewSet
+
+router = SimpleRouter()
+router.register("tokens", TokenViewSet, basename="token")
+
+urlpatterns: list[URLPattern | URLResolver] = [*router.urls]

@@ -3,5 +3,11 @@
 from __future__ import annotations
 
 from django.urls import URLPattern, URLResolver
+from rest_framework.routers import SimpleRouter
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from .views import RequestViewSet
+
+router = SimpleRouter()
+router.register("requests", RequestViewSet, basename="request")
+
+urlpatterns: list[URLPattern | URLResolver] = [*router.urls]

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
+from rest_framework.routers import SimpleRouter
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from .views import AuditEventViewSet, AuditVerifyView, CheckpointViewSet
+
+router = SimpleRouter()
+router.register("audit/events", AuditEventViewSet, basename="audit-event")
+router.register("audit/checkpoints", CheckpointViewSet, basename="audit-checkpoint")
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("audit/verify/", AuditVerifyView.as_view(), name="audit-verify"),
+    *router.urls,
+]

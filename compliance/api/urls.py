@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from . import views
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("compliance/frameworks/", views.FrameworkListView.as_view(), name="compliance-frameworks"),
+    path("compliance/controls/", views.ControlListView.as_view(), name="compliance-controls"),
+    path("compliance/checks/", views.CheckListView.as_view(), name="compliance-checks"),
+    path("compliance/checks/<str:check_id>/", views.CheckDetailView.as_view(), name="compliance-check"),
+    path("compliance/report/", views.ReportView.as_view(), name="compliance-report"),
+    path("compliance/audit-review/", views.AuditReviewView.as_view(), name="compliance-audit-review"),
+]

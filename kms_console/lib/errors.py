@@ -11,8 +11,10 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
@@ -51,6 +53,13 @@ class Conflict(ApplicationError):
     code = "conflict"
 
 
+class ServiceUnavailable(ApplicationError):
+    """A back end (the HSM) cannot serve the request now; nothing the client sent caused it."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    code = "unavailable"
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
@@ -69,6 +78,13 @@ def _first_message(detail: Any) -> str:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            error_body("too_large", "The request body is larger than this server accepts."),
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, SuspiciousOperation):
+        return Response(error_body("bad_request", "The request was refused as malformed."), status=400)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -91,3 +107,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         code = codes if isinstance(codes, str) else exc.default_code
         body = error_body(str(code), str(exc.detail))
     return Response(body, status=exc.status_code, headers=headers)
+
+
+# --- Django-level errors under /api/ --------------------------------------------------------------
+
+
+def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """URLs nobody routes: the API answers in its JSON error shape, the console with its page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body("not_found", "There is no such endpoint or object."), status=404)
+    return defaults.page_not_found(request, exception)

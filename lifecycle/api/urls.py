@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, include, path
+from rest_framework.routers import SimpleRouter
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from .keys import KeyViewSet
+from .views import CustodianViewSet, HsmViewSet, JobViewSet, PolicyViewSet
+
+router = SimpleRouter()
+router.register("keys", KeyViewSet, basename="key")
+router.register("jobs", JobViewSet, basename="job")
+router.register("hsms", HsmViewSet, basename="hsm")
+router.register("policies", PolicyViewSet, basename="policy")
+router.register("custodians", CustodianViewSet, basename="custodian")
+
+urlpatterns: list[URLPattern | URLResolver] = [*router.urls, path("", include("lifecycle.backups.api"))]

@@ -56,6 +56,9 @@ class PolicyVersion(models.Model):
     destruction_wait_days = models.PositiveSmallIntegerField(default=30)
     backup = models.CharField(max_length=16, choices=BackupRule.choices, default=BackupRule.ALLOWED)
     exportable = models.BooleanField(default=False)
+    # NIST SP 800-57 Part 1 Table 5: private signature keys are not backed up (non-repudiation)
+    # unless the policy says so explicitly.
+    backup_private_keys = models.BooleanField(default=False)
     quorum = models.JSONField(default=dict)
     created_at = models.DateTimeField()
     created_by = models.ForeignKey(

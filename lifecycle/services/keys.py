@@ -141,7 +141,17 @@ def _set_version_state(
 
 
 def check_operation_allowed(key: Key, operation: str) -> None:
-    """Refuse an operation the key's state (or a pending destruction) does not allow."""
+    """Refuse an operation the key's state (or a pending destruction) does not allow.
+
+    Nothing is done to a key whose first version is still being made on the HSM: the worker's
+    completion would otherwise record the key's generation after the change, or fail to activate
+    a key that was scheduled for destruction meanwhile. (A key whose generation failed may still be
+    compromised or scheduled for destruction.)
+    """
+    if key.primary_version_id is None and _has_active_job(key):
+        raise Conflict(
+            f"Key {key.name} is still being generated on the HSM; wait for that to finish.", code="not_generated"
+        )
     allowed = OPERATION_FROM_STATES.get(operation)
     if allowed is not None and key.state not in allowed:
         raise Conflict(
@@ -152,6 +162,11 @@ def check_operation_allowed(key: Key, operation: str) -> None:
     if operation == "cancel_destruction":
         if key.destroy_after is None:
             raise Conflict(f"Key {key.name} is not scheduled for destruction.", code="not_scheduled")
+        if _destruction_started(key):
+            raise Conflict(
+                f"The destruction of {key.name} has started on the HSM; it can no longer be cancelled.",
+                code="destruction_started",
+            )
     elif key.destroy_after is not None and operation not in {"compromise", "schedule_destruction"}:
         raise Conflict(
             f"Key {key.name} is scheduled for destruction on {key.destroy_after:%Y-%m-%d %H:%M} UTC; cancel that first.",
@@ -165,6 +180,10 @@ def check_operation_allowed(key: Key, operation: str) -> None:
 
 def _has_active_job(key: Key) -> bool:
     return Job.objects.filter(key=key, status__in=ACTIVE_JOB_STATUSES).exists()
+
+
+def _destruction_started(key: Key) -> bool:
+    return Job.objects.filter(key=key, kind=JobKind.DESTROY, status__in=ACTIVE_JOB_STATUSES).exists()
 
 
 def periods_for(key: Key, policy_version: PolicyVersion) -> tuple[int, int]:
@@ -196,8 +215,13 @@ def key_create(
     tags: list[str] | None = None,
     activate_at: dt.datetime | None = None,
     request: Any = None,
+    job_kind: str = JobKind.GENERATE,
 ) -> Key:
-    """Create the key (pre-activation) and version 1 with its CKA_ID, and queue the HSM generation."""
+    """Create the key (pre-activation) and version 1 with its CKA_ID, and queue the HSM generation.
+
+    `job_kind` IMPORT queues an import (lifecycle.backups) instead: the same key and version rows,
+    whose HSM object is unwrapped from the importer's material rather than generated.
+    """
     now = timezone.now()
     policy_version = policy.current
     try:
@@ -244,7 +268,7 @@ def key_create(
             "request": str(request.pk) if request is not None else None,
         },
     )
-    create_job(kind=JobKind.GENERATE, key=key, version=version, hsm=hsm, request=request)
+    create_job(kind=job_kind, key=key, version=version, hsm=hsm, request=request)
     return key
 
 
@@ -282,7 +306,12 @@ def complete_generation(job: Job, *, kcv: str, public_key_pem: str) -> None:
     elif version.number == 1:
         key.primary_version = version
         key.save(update_fields=["primary_version"])
-        if key.activate_at is not None and key.activate_at <= now and key.state == KeyState.PRE_ACTIVATION:
+        if (
+            key.activate_at is not None
+            and key.activate_at <= now
+            and key.state == KeyState.PRE_ACTIVATION
+            and key.destroy_after is None  # a key waiting for destruction is never activated
+        ):
             activate(key, actor=None, reason="activation date reached", request=job.request, job=job)
 
 
@@ -457,12 +486,7 @@ def schedule_destruction(key: Key, *, actor: Any, reason: str, request: Any = No
 
 
 def cancel_destruction(key: Key, *, actor: Any, reason: str, request: Any = None) -> Key:
-    check_operation_allowed(key, "cancel_destruction")
-    if Job.objects.filter(key=key, kind=JobKind.DESTROY, status__in=ACTIVE_JOB_STATUSES).exists():
-        raise Conflict(
-            f"The destruction of {key.name} has started on the HSM; it can no longer be cancelled.",
-            code="destruction_started",
-        )
+    check_operation_allowed(key, "cancel_destruction")  # refuses too once the destroy job is in progress
     scheduled = key.destroy_after
     key.destroy_after = None
     key.destruction_request = None

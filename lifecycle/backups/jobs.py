@@ -1,0 +1,221 @@
+"""The HSM steps of backup, escrow, restore, export and import, as job handlers (lifecycle.services.jobs).
+
+Each `run` works on the HSM outside any database transaction and is safe to repeat: a backup wrap
+and an export make no token object; escrow makes only session objects; restore and import unwrap
+into the CKA_ID chosen before dispatch and, when an object with that CKA_ID exists already, check
+and return it instead of making a second. The rows they lead to are created by `complete` with ids
+also chosen before dispatch, so a task delivered twice makes one row. Results hold no secrets; the
+blobs `run` passes to `complete` (wrapped keys, sealed shares) are removed from the result before it
+is saved in the job row and the audit trail.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from ..hsm import HsmDataError, HsmError, HsmOperationError, get_algorithm
+from ..models import Backup, EscrowCeremony, Job, JobKind, KeyVersion, Restore
+from ..services import keys
+from ..services.jobs import JobHandler, register_job_handler
+from ..services.steps import DESTRUCTION_HOOKS, object_label
+from . import hsm_ops, services, shares
+from .services import b64, unb64
+
+# --- Backup ---------------------------------------------------------------------------------------
+
+
+def _backup_run(job: Job) -> dict[str, Any]:
+    version = job.version
+    kek = KeyVersion.objects.get(pk=job.params["kek_version_id"])
+    backend = version.hsm.backend()
+    wrapped = backend.wrap(kek.cka_id_bytes, version.cka_id_bytes)
+    verified = False
+    if not get_algorithm(job.key.algorithm).asymmetric:
+        # Prove the blob restores before keeping it: unwrap into a session object, compare KCVs.
+        kcv = backend.unwrap_check(kek.cka_id_bytes, wrapped, algorithm=job.key.algorithm)
+        if kcv != version.kcv:
+            raise HsmDataError(f"the test restore of the new backup gave check value {kcv}, not {version.kcv}")
+        verified = True
+    return {"backup_id": job.params["backup_id"], "kcv": version.kcv, "verified": verified, "wrapped": b64(wrapped)}
+
+
+def _backup_complete(job: Job, result: dict[str, Any]) -> None:
+    wrapped = unb64(result.pop("wrapped"))
+    services.record_backup(job, wrapped=wrapped, kcv=result["kcv"], verified=result["verified"])
+
+
+# --- Escrow ---------------------------------------------------------------------------------------
+
+
+def _escrow_run(job: Job) -> dict[str, Any]:
+    """1. A fresh 256-bit recovery key. 2. The KEK wrapped under it inside the HSM. 3. The recovery
+    key split M-of-N. 4. Each share sealed under the HSM's envelope key for its holder."""
+    ceremony = EscrowCeremony.objects.select_related("kek_version__hsm").get(pk=job.params["ceremony_id"])
+    kek = ceremony.kek_version
+    backend = kek.hsm.backend()
+    recovery_key = secrets.token_bytes(shares.RECOVERY_KEY_BYTES)
+    try:
+        with hsm_ops.transient_key(backend, recovery_key) as recovery_id:
+            wrapped_kek = backend.wrap(recovery_id, kek.cka_id_bytes)
+        made = shares.split(recovery_key, ceremony.threshold, ceremony.share_count, ceremony.pk)
+        holders = dict(ceremony.shares.values_list("index", "holder_id"))
+        sealed = [
+            {
+                "index": share.index,
+                "fingerprint": share.fingerprint,
+                "sealed": hsm_ops.seal(
+                    backend, share.value, services.share_context(ceremony.pk, share.index, holders[share.index])
+                ),
+            }
+            for share in made
+        ]
+        fingerprint = shares.recovery_fingerprint(recovery_key)
+    finally:
+        del recovery_key
+    return {
+        "ceremony": str(ceremony.pk),
+        "recovery_fingerprint": fingerprint,
+        "wrapped_kek": b64(wrapped_kek),
+        "sealed_shares": sealed,
+    }
+
+
+def _escrow_complete(job: Job, result: dict[str, Any]) -> None:
+    services.record_escrow(job, result)
+    result.pop("wrapped_kek")
+    # Keep only the fingerprints in the job row and the audit trail.
+    result["fingerprints"] = {str(s["index"]): s["fingerprint"] for s in result.pop("sealed_shares")}
+
+
+# --- Restore --------------------------------------------------------------------------------------
+
+
+def _restore_attempt(job: Job, restore: Restore) -> dict[str, Any]:
+    """1. If the target already holds the version's object with the right KCV, done (a re-run).
+    2. Unseal the entered shares and recombine the recovery key; check its fingerprint.
+    3. Unwrap the KEK under it into a session object; check the KEK's KCV.
+    4. Unwrap the backup under the KEK into a token object with the version's CKA_ID; check the KCV,
+       and destroy the object again if it does not match (nothing is left half-restored)."""
+    backup = Backup.objects.select_related("version__key", "kek_version").get(pk=job.params["backup_id"])
+    version, key = backup.version, backup.version.key
+    backend = restore.target_hsm.backend()
+    existing = backend.lookup(version.cka_id_bytes, key.algorithm)
+    if existing is not None:
+        if existing.kcv != backup.kcv:
+            raise HsmOperationError(
+                f"HSM {restore.target_hsm.name} holds another object under this version's CKA_ID; nothing was restored"
+            )
+        return {"kcv": existing.kcv, "created": False, "hsm": restore.target_hsm.name}
+    entered = services.restore_material(restore)
+    recovery_key = shares.combine(entered)
+    try:
+        if shares.recovery_fingerprint(recovery_key) != restore.ceremony.recovery_fingerprint:
+            raise HsmDataError("the entered shares do not combine to the escrowed recovery key")
+        with hsm_ops.transient_key(backend, recovery_key) as recovery_id:
+            kek_id, kek_kcv = hsm_ops.session_unwrap(
+                backend, recovery_id, unb64(restore.ceremony.wrapped_kek), algorithm=services.KEK_ALGORITHM
+            )
+    finally:
+        del recovery_key
+    try:
+        if kek_kcv != backup.kek_version.kcv:
+            raise HsmDataError("the recovered KEK's check value does not match the escrowed KEK")
+        made = backend.unwrap(
+            kek_id,
+            unb64(backup.wrapped),
+            algorithm=key.algorithm,
+            usage=key.usage,
+            new_cka_id=version.cka_id_bytes,
+            label=object_label(key, version),
+            extractable=version.extractable,
+            store=True,
+        )
+    finally:
+        backend.destroy(kek_id)
+    if made.kcv != backup.kcv:
+        backend.destroy(version.cka_id_bytes)
+        raise HsmDataError(
+            f"the restored key's check value {made.kcv} differs from the backup's {backup.kcv}; the object was removed"
+        )
+    return {"kcv": made.kcv, "created": True, "hsm": restore.target_hsm.name}
+
+
+def _restore_run(job: Job) -> dict[str, Any]:
+    restore = Restore.objects.select_related("target_hsm", "ceremony").get(pk=job.params["restore_id"])
+    try:
+        return _restore_attempt(job, restore)
+    except HsmError as exc:
+        if not exc.transient:
+            services.fail_restore(restore.pk, exc.message)
+        raise
+    except Exception as exc:
+        message = getattr(exc, "message", "the restore could not be carried out")
+        services.fail_restore(restore.pk, message)
+        raise
+
+
+def _restore_complete(job: Job, result: dict[str, Any]) -> None:
+    services.record_restore(job, result)
+
+
+# --- Export ---------------------------------------------------------------------------------------
+
+
+def _export_run(job: Job) -> dict[str, Any]:
+    version = job.version
+    pem = job.request.parameters["recipient_public_key"]
+    encrypted_transport, wrapped = version.hsm.backend().wrap_for_recipient(version.cka_id_bytes, pem)
+    return {
+        "export_id": job.params["export_id"],
+        "kcv": version.kcv,
+        "encrypted_transport_key": b64(encrypted_transport),
+        "wrapped_key": b64(wrapped),
+    }
+
+
+def _export_complete(job: Job, result: dict[str, Any]) -> None:
+    services.record_export(job, result)
+    result.pop("encrypted_transport_key")
+    result.pop("wrapped_key")
+
+
+# --- Import ---------------------------------------------------------------------------------------
+
+
+def _import_run(job: Job) -> dict[str, Any]:
+    key, version = job.key, job.version
+    p = job.request.parameters
+    backend = version.hsm.backend()
+    made = hsm_ops.unwrap_from_sender(
+        backend,
+        bytes.fromhex(p["import_key"]),
+        unb64(p["encrypted_transport_key"]),
+        unb64(p["wrapped_key"]),
+        algorithm=key.algorithm,
+        usage=key.usage,
+        new_cka_id=version.cka_id_bytes,
+        label=object_label(key, version),
+        extractable=version.extractable,
+    )
+    if made.kcv != p["expected_kcv"]:
+        if made.created:
+            backend.destroy(version.cka_id_bytes)
+        raise HsmDataError(
+            f"the imported key's check value {made.kcv} is not the expected {p['expected_kcv']}; the object was removed"
+        )
+    return {"kcv": made.kcv, "created": made.created, "cka_id": version.cka_id}
+
+
+def _import_complete(job: Job, result: dict[str, Any]) -> None:
+    keys.complete_generation(job, kcv=result["kcv"], public_key_pem="")
+
+
+def register() -> None:
+    if services.destroy_backups not in DESTRUCTION_HOOKS:
+        DESTRUCTION_HOOKS.append(services.destroy_backups)
+    register_job_handler(JobKind.BACKUP, JobHandler(run=_backup_run, complete=_backup_complete))
+    register_job_handler(JobKind.ESCROW, JobHandler(run=_escrow_run, complete=_escrow_complete))
+    register_job_handler(JobKind.RESTORE, JobHandler(run=_restore_run, complete=_restore_complete))
+    register_job_handler(JobKind.EXPORT, JobHandler(run=_export_run, complete=_export_complete))
+    register_job_handler(JobKind.IMPORT, JobHandler(run=_import_run, complete=_import_complete))

@@ -1,0 +1,37 @@
+"""Read-only queries of backups for pages, the API and the compliance checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Prefetch, QuerySet
+
+from ..models import Backup, EscrowShare, Key, Restore, RestoreState
+from ..models.backups import LIVE_CEREMONY_STATES
+
+
+def backup_list() -> QuerySet[Backup]:
+    return Backup.objects.select_related("version__key", "kek_version__key").order_by("-created_at", "id")
+
+
+def backups_for_key(key: Key) -> QuerySet[Backup]:
+    """Every backup of every version of the key (the key page lists them)."""
+    return backup_list().filter(version__key=key)
+
+
+def shares_waiting_for(user: Any) -> QuerySet[EscrowShare]:
+    """Shares of live ceremonies that this user holds and has not taken yet."""
+    return (
+        EscrowShare.objects.filter(holder=user, retrieved_at__isnull=True, ceremony__state__in=LIVE_CEREMONY_STATES)
+        .select_related("ceremony__kek_version__key")
+        .order_by("ceremony__created_at", "index")
+    )
+
+
+def open_restores() -> QuerySet[Restore]:
+    return (
+        Restore.objects.filter(state__in=[RestoreState.COLLECTING, RestoreState.RESTORING])
+        .select_related("backup__version__key", "target_hsm", "ceremony")
+        .prefetch_related(Prefetch("entered_shares"))
+        .order_by("collect_until")
+    )

@@ -1,0 +1,27 @@
+"""Beat tasks of backups: daily restore tests of a sample, and closing share windows that ran out.
+
+Imported by lifecycle/tasks.py so that Celery's autodiscovery (which reads `<app>/tasks.py`) finds them.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from audit.context import acting
+
+from . import services
+
+
+@shared_task(ignore_result=True)
+def verify_backups() -> dict[str, int]:
+    """Restore-test the least recently verified backups into session objects (KCV must match)."""
+    with acting(None, via="beat"):
+        counts = services.verify_sample()
+        counts["restores_closed"] = services.expire_restores()
+        return counts
+
+
+@shared_task(ignore_result=True)
+def expire_restores() -> int:
+    with acting(None, via="beat"):
+        return services.expire_restores()

@@ -1,0 +1,150 @@
+"""The escrow ceremony: the backup KEK wrapped under a recovery key split M-of-N among named custodians."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from approvals.services import open_request
+from audit.models import AuditEvent
+from kms_console.lib.errors import ApplicationError
+from lifecycle.backups import services, shares
+from lifecycle.models import CeremonyState, EscrowCeremony, EscrowShare, Job
+from lifecycle.services.jobs import run_job
+from tests.backups.conftest import hold_escrow, take_shares
+from tests.conftest import fresh_otp
+from tests.lifecycle.helpers import generate_key
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_ceremony_splits_the_recovery_key_among_the_named_custodians(
+    cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony
+) -> None:
+    assert escrow.state == CeremonyState.DISTRIBUTING
+    assert (escrow.threshold, escrow.share_count) == (2, 3)
+    assert escrow.wrapped_kek and escrow.recovery_fingerprint
+    rows = list(escrow.shares.order_by("index"))
+    assert [r.holder.get_username() for r in rows] == ["bob", "carol", "dave"]
+    assert all(len(r.fingerprint) == 64 and r.sealed and r.retrieved_at is None for r in rows)
+    # Neither the job row nor the audit trail holds a share or the wrapped KEK.
+    job = Job.objects.get(kind="escrow")
+    assert set(job.result) == {"ceremony", "recovery_fingerprint", "fingerprints"}
+    assert escrow.wrapped_kek not in str(list(AuditEvent.objects.values_list("details", flat=True)))
+
+
+def test_each_custodian_takes_their_own_share_exactly_once(
+    cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony
+) -> None:
+    bob_share = escrow.shares.get(holder=cast.bob)
+    text = services.retrieve_share(share_id=bob_share.pk, user=cast.bob, otp=fresh_otp(cast.bob, clock))
+    parsed = shares.parse(text)
+    assert parsed.ceremony_id == escrow.pk and parsed.index == bob_share.index
+    assert parsed.fingerprint == bob_share.fingerprint
+    bob_share.refresh_from_db()
+    assert bob_share.retrieved_at is not None and bob_share.sealed == ""  # only the fingerprint is kept
+    assert AuditEvent.objects.filter(action="escrow.share_handed_off", actor="bob").count() == 1
+
+    with pytest.raises(ApplicationError) as again:
+        services.retrieve_share(share_id=bob_share.pk, user=cast.bob, otp=fresh_otp(cast.bob, clock))
+    assert again.value.code == "share_retrieved"
+    with pytest.raises(ApplicationError) as other:
+        services.retrieve_share(share_id=bob_share.pk, user=cast.carol, otp=fresh_otp(cast.carol, clock))
+    assert other.value.code == "not_share_holder"
+    carol_share = escrow.shares.get(holder=cast.carol)
+    with pytest.raises(ApplicationError) as bad_otp:
+        services.retrieve_share(share_id=carol_share.pk, user=cast.carol, otp="123456")
+    assert bad_otp.value.code == "otp_invalid"
+    carol_share.refresh_from_db()
+    assert carol_share.retrieved_at is None and carol_share.sealed
+    refusals = AuditEvent.objects.filter(action="escrow.share_refused").values_list("details__reason", flat=True)
+    assert sorted(refusals) == ["not_share_holder", "otp_invalid", "share_retrieved"]
+
+
+def test_the_ceremony_is_complete_when_every_share_was_handed_off(
+    cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony
+) -> None:
+    texts = take_shares(escrow, clock)
+    assert len(set(texts.values())) == 3
+    escrow.refresh_from_db()
+    assert escrow.state == CeremonyState.COMPLETE
+    assert set(escrow.shares.values_list("sealed", flat=True)) == {""}
+    # Any two shares recombine the recovery key (checked against its fingerprint); one does not.
+    parsed = [shares.parse(t) for t in texts.values()]
+    for pair in ([parsed[0], parsed[1]], [parsed[1], parsed[2]], [parsed[0], parsed[2]]):
+        assert shares.recovery_fingerprint(shares.combine(pair)) == escrow.recovery_fingerprint
+    assert shares.recovery_fingerprint(shares.combine(parsed[:1])) != escrow.recovery_fingerprint
+
+
+def test_a_new_ceremony_supersedes_the_old_one_and_answers_a_custody_gap(
+    cast: SimpleNamespace, clock: Any, kek: Any, escrow: EscrowCeremony
+) -> None:
+    # dave leaves: his share is a custody gap on the dashboard.
+    cast.dave.groups.set([])
+    cast.dave._kms_roles = None
+    assert [s.holder.get_username() for s in services.custody_gaps()] == ["dave"]
+
+    newer = hold_escrow(kek, cast, clock, holders=("bob", "carol"), threshold=2)
+    escrow.refresh_from_db()
+    assert escrow.state == CeremonyState.SUPERSEDED
+    assert escrow.wrapped_kek == "" and set(escrow.shares.values_list("sealed", flat=True)) == {""}
+    assert services.current_ceremony() == newer
+    assert services.custody_gaps() == []
+
+
+def test_a_redelivered_escrow_job_does_nothing_twice(cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony) -> None:
+    job = Job.objects.get(kind="escrow")
+    before = list(EscrowShare.objects.values_list("fingerprint", flat=True))
+    run_job(job.pk)
+    assert list(EscrowShare.objects.values_list("fingerprint", flat=True)) == before
+    assert EscrowCeremony.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("parameters", "field"),
+    [
+        ({"custodians": ["bob", "carol", "dave"], "threshold": 1}, "threshold"),
+        ({"custodians": ["bob", "carol"], "threshold": 3}, "threshold"),
+        ({"custodians": ["bob", "bob"], "threshold": 2}, "custodians"),
+        ({"custodians": ["bob", "alice"], "threshold": 2}, "custodians"),
+        ({"custodians": ["bob", "nobody"], "threshold": 2}, "custodians"),
+        ({"custodians": "bob,carol", "threshold": 2}, "custodians"),
+        ({"custodians": ["bob", "carol"], "threshold": 2, "pin": "1234"}, "pin"),
+    ],
+)
+def test_bad_ceremony_parameters_are_refused(
+    cast: SimpleNamespace, clock: Any, kek: Any, parameters: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ApplicationError) as excinfo:
+        open_request(
+            operation="escrow", requester=cast.alice, justification="x", target_id=str(kek.pk), parameters=parameters
+        )
+    assert field in excinfo.value.details
+
+
+def test_only_an_active_aes256_wrap_key_can_be_the_kek(cast: SimpleNamespace, clock: Any) -> None:
+    data = generate_key(cast.alice, cast.approvers, clock, name="data")
+    with pytest.raises(ApplicationError) as excinfo:
+        open_request(
+            operation="escrow",
+            requester=cast.alice,
+            justification="x",
+            target_id=str(data.pk),
+            parameters={"custodians": ["bob", "carol"], "threshold": 2},
+        )
+    assert excinfo.value.code == "not_a_kek"
+
+
+def test_custodians_and_auditors_cannot_request_a_ceremony(cast: SimpleNamespace, clock: Any, kek: Any) -> None:
+    for user in (cast.bob, cast.erin, cast.mallory):
+        with pytest.raises(ApplicationError) as excinfo:
+            open_request(
+                operation="escrow",
+                requester=user,
+                justification="x",
+                target_id=str(kek.pk),
+                parameters={"custodians": ["bob", "carol"], "threshold": 2},
+            )
+        assert excinfo.value.code == "role_required"
