@@ -5,6 +5,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from audit.locking import TrailOrderedManager
+
 
 class Acknowledgement(models.Model):
     """A custodian accepted a version of the responsibilities text (PCI DSS 3.7.8)."""
@@ -13,6 +15,8 @@ class Acknowledgement(models.Model):
     text_version = models.CharField(max_length=32)
     text_digest = models.CharField(max_length=64)
     acknowledged_at = models.DateTimeField()
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         ordering = ["-acknowledged_at"]
@@ -42,6 +46,8 @@ class ApiToken(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
+
     class Meta:
         ordering = ["-created_at"]
 
@@ -56,6 +62,8 @@ class LoginThrottle(models.Model):
     failures = models.PositiveIntegerField(default=0)
     last_failure_at = models.DateTimeField(null=True, blank=True)
     locked_until = models.DateTimeField(null=True, blank=True)
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     def __str__(self) -> str:
         return f"{self.username}: {self.failures} failures"

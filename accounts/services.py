@@ -22,6 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from audit.locking import lock_trail
 from audit.services import record
 from kms_console.lib.errors import ApplicationError, Conflict
 from kms_console.lib.roles import PRIVILEGED_ROLES, Role, validate_role_set
@@ -80,6 +81,7 @@ def set_roles(*, user: Any, roles: set[str], actor: Any, request_id: Any = None)
     """Replace a user's roles. Callers: the approved custodian_change request only."""
     check_roles(roles)
     with transaction.atomic():
+        lock_trail()  # the audit head before any row: one lock order for every writer
         locked = User.objects.select_for_update().get(pk=user.pk)
         before = sorted(roles_of(locked))
         _apply_roles(locked, roles)
@@ -118,6 +120,7 @@ def start_totp_enrolment(user: Any) -> TOTPDevice:
 def confirm_totp_enrolment(*, user: Any, device_id: int, code: str) -> TOTPDevice:
     """Confirm a pending device with a code from it. Other confirmed devices are retired."""
     with transaction.atomic():
+        lock_trail()
         device = TOTPDevice.objects.select_for_update().filter(user=user, pk=device_id, confirmed=False).first()
         if device is None:
             raise ApplicationError("There is no enrolment waiting for confirmation; start again.", code="no_enrolment")
@@ -160,6 +163,7 @@ def verify_user_otp(*, user: Any, code: str | None, purpose: str) -> TOTPDevice 
     Call inside a transaction that commits even when this returns None: django-otp's throttle and
     replay counters live on the device row and must survive a refused attempt.
     """
+    lock_trail()
     device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=True).order_by("id").first()
     if device is None:
         return None
@@ -176,8 +180,11 @@ def verify_user_otp(*, user: Any, code: str | None, purpose: str) -> TOTPDevice 
 
 
 def _throttle_until(device: TOTPDevice) -> str:
-    until = getattr(device, "throttling_failure_timestamp", None)
-    return until.isoformat() if until else ""
+    """When the device accepts codes again (django-otp doubles the wait after each failure)."""
+    allowed, data = device.verify_is_allowed()
+    if allowed or not data or not data.get("locked_until"):
+        return ""
+    return data["locked_until"].isoformat()
 
 
 # --- Acknowledgements -----------------------------------------------------------------------------
@@ -256,6 +263,7 @@ def provision_user(
             raise ApplicationError(" ".join(exc.messages), code="weak_password") from None
     uri = None
     with transaction.atomic():
+        lock_trail()
         user, created = User.objects.select_for_update().get_or_create(username=username, defaults={"email": email})
         before = sorted(roles_of(user)) if not created else []
         if email and user.email != email:

@@ -5,6 +5,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from audit.locking import TrailOrderedManager
+
 
 class RequestState(models.TextChoices):
     PENDING = "pending", "Pending"
@@ -63,6 +65,8 @@ class ApprovalRequest(models.Model):
     review_of = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="reviews")
     reminded_at = models.DateTimeField(null=True, blank=True)
 
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
+
     class Meta:
         ordering = ["-created_at"]
         indexes = [
@@ -108,6 +112,8 @@ class Decision(models.Model):
     otp_device = models.CharField(max_length=64)
     approver_roles = models.JSONField(default=list)
     decided_at = models.DateTimeField()
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         ordering = ["decided_at", "id"]

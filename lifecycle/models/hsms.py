@@ -4,6 +4,7 @@ import uuid
 
 from django.db import models
 
+from audit.locking import TrailOrderedManager
 from lifecycle.hsm import Pkcs11Backend, backend_for
 
 
@@ -24,6 +25,8 @@ class Hsm(models.Model):
     location = models.CharField(max_length=200, blank=True)
     registered_at = models.DateTimeField()
     retired_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         ordering = ["name"]

@@ -4,6 +4,8 @@ import uuid
 
 from django.db import models
 
+from audit.locking import TrailOrderedManager
+
 
 class JobKind(models.TextChoices):
     GENERATE = "generate", "Generate"
@@ -54,6 +56,8 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         ordering = ["-created_at"]

@@ -5,6 +5,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from audit.locking import TrailOrderedManager
 from lifecycle.states import KeyState
 
 
@@ -42,6 +43,8 @@ class Key(models.Model):
     created_by_request = models.ForeignKey(
         "approvals.ApprovalRequest", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         ordering = ["name"]
@@ -97,6 +100,8 @@ class KeyVersion(models.Model):
     compromised_at = models.DateTimeField(null=True, blank=True)
     destroy_after = models.DateTimeField(null=True, blank=True)
     destroyed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         ordering = ["key", "number"]
@@ -173,6 +178,8 @@ class KeyGrant(models.Model):
     )
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
+
     class Meta:
         constraints = [
             models.UniqueConstraint(
@@ -192,6 +199,8 @@ class KeyUsage(models.Model):
     operation = models.CharField(max_length=16)
     day = models.DateField()
     count = models.PositiveBigIntegerField(default=0)
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         constraints = [

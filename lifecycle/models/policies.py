@@ -5,6 +5,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from audit.locking import TrailOrderedManager
+
 
 class BackupRule(models.TextChoices):
     REQUIRED = "required", "Required"
@@ -18,6 +20,8 @@ class Policy(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField()
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         ordering = ["name"]
@@ -67,6 +71,8 @@ class PolicyVersion(models.Model):
     request = models.ForeignKey(
         "approvals.ApprovalRequest", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         ordering = ["policy__name", "-number"]
