@@ -207,11 +207,13 @@ def _generate_execute(req: ApprovalRequest) -> Outcome:
 
 def _generate_describe(req: ApprovalRequest) -> str:
     p = req.parameters
-    when = (
-        f"it becomes active as soon as it is generated (or at {p['activate_at'][:16].replace('T', ' ')} UTC, whichever is later)"
-        if p.get("activate_at")
-        else "it stays in pre-activation until someone requests its activation"
-    )
+    activate_at = parse_datetime(p["activate_at"]) if p.get("activate_at") else None
+    if activate_at is None:
+        when = "it stays in pre-activation until someone requests its activation"
+    elif activate_at <= req.created_at:
+        when = "it becomes active as soon as it is generated"
+    else:
+        when = f"it becomes active at {activate_at:%Y-%m-%d %H:%M} UTC (or once generated, if that is later)"
     return (
         f"Generate a new {p['algorithm']} key named '{p['name']}' for {p['usage'].replace('_', '/')} under policy "
         f"{p['policy']} v{p['policy_version']}, inside HSM '{p['hsm']}'; {when}. The key material never leaves the HSM in clear."

@@ -1,0 +1,38 @@
+"""What approvers read: the plain-words description of a generation request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from approvals import registry
+from approvals.services import open_request
+
+
+def describe_generation(alice: Any, name: str = "described", **extra: Any) -> str:
+    req = open_request(
+        operation="generate",
+        requester=alice,
+        justification="describe it",
+        parameters={
+            "name": f"k-{len(extra)}-{sorted(extra)}".replace("'", "")[:40],
+            "algorithm": "AES-256",
+            "usage": "encrypt_decrypt",
+            **extra,
+        },
+    )
+    return registry.get("generate").describe(req)
+
+
+def test_a_key_activated_now_says_so_without_a_date(alice: Any, clock: Any) -> None:
+    text = describe_generation(alice)
+    assert "becomes active as soon as it is generated" in text
+    assert "whichever" not in text
+
+
+def test_a_later_activation_date_is_named(alice: Any, clock: Any) -> None:
+    text = describe_generation(alice, activate_at="2026-12-24T09:00:00Z")
+    assert "becomes active at 2026-12-24 09:00 UTC" in text
+
+
+def test_no_activation_date_keeps_the_key_in_pre_activation(alice: Any, clock: Any) -> None:
+    assert "stays in pre-activation" in describe_generation(alice, activate_at=None)
