@@ -14,7 +14,7 @@ def describe_generation(alice: Any, name: str = "described", **extra: Any) -> st
         requester=alice,
         justification="describe it",
         parameters={
-            "name": f"k-{len(extra)}-{sorted(extra)}".replace("'", "")[:40],
+            "name": name,
             "algorithm": "AES-256",
             "usage": "encrypt_decrypt",
             **extra,
