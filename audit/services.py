@@ -141,8 +141,9 @@ def record(
     that look like secrets, hold bytes, or are not small.
     """
     _check_details(details or {})
-    # Hash exactly what the database will give back: JSON types only, tuples as lists.
-    text = canonical_json(details or {})
+    # Hash exactly what the database will give back: JSON types only, tuples as lists, and no
+    # U+0000, which PostgreSQL cannot store in text or jsonb (a client may have sent one).
+    text = canonical_json(details or {}).replace("\\u0000", "\\ufffd")
     if len(text.encode()) > MAX_DETAILS_BYTES:
         raise AuditDetailError(f"details of {action} are larger than {MAX_DETAILS_BYTES} bytes")
     details = json.loads(text)

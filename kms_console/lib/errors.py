@@ -60,6 +60,16 @@ class ServiceUnavailable(ApplicationError):
     code = "unavailable"
 
 
+class ExternalError(Exception):
+    """A failure of something outside the console's code (the HSM): never the client's fault, unless
+    a subclass says so through its status. `lifecycle.hsm.HsmError` derives from it, so an HSM
+    failure that escapes a view answers 503 (400 for data that does not check out), not 500."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    code = "hsm_unavailable"
+    message = "The HSM could not do this now."
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
@@ -78,6 +88,8 @@ def _first_message(detail: Any) -> str:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+    if isinstance(exc, ExternalError):
+        return Response(error_body(exc.code, exc.message), status=exc.status_code)
     if isinstance(exc, RequestDataTooBig):
         return Response(
             error_body("too_large", "The request body is larger than this server accepts."),

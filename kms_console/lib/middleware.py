@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import unquote
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
+
+from .errors import ExternalError, error_body
 
 
 class SecurityHeadersMiddleware:
@@ -24,3 +28,54 @@ class SecurityHeadersMiddleware:
             # Pages of a logged-in user hold key metadata: keep them out of shared caches.
             response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+
+class RejectNulMiddleware:
+    """Refuse a NUL character anywhere in the path, query or form body with a 400.
+
+    PostgreSQL cannot store or even compare text holding U+0000, so such a value reaching an ORM
+    lookup would answer 500. JSON bodies are checked by kms_console.lib.parsers.SafeJSONParser.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if self._has_nul(request):
+            message = "The request holds a NUL character, which no field accepts."
+            if request.path.startswith("/api/"):
+                return JsonResponse(error_body("bad_request", message), status=400)
+            return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
+        return self.get_response(request)
+
+    @staticmethod
+    def _has_nul(request: HttpRequest) -> bool:
+        if "\x00" in request.path or "\x00" in unquote(request.META.get("QUERY_STRING", "")):
+            return True
+        if request.method == "POST" and request.content_type in {
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+        }:
+            return any(
+                "\x00" in key or any("\x00" in value for value in values) for key, values in request.POST.lists()
+            )
+        return False
+
+
+class ExternalErrorMiddleware:
+    """An HSM failure that escapes a console view becomes a 503 page that says so, not a 500."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, ExternalError):
+            return None
+        if request.path.startswith("/api/"):
+            return JsonResponse(error_body(exception.code, exception.message), status=exception.status_code)
+        title = "The HSM refused the data" if exception.status_code == 400 else "The HSM is not available"
+        html = render_to_string("503.html", {"title": title, "message": exception.message}, request=request)
+        return HttpResponse(html, status=exception.status_code)

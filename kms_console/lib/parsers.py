@@ -31,6 +31,20 @@ class SafeJSONParser(JSONParser):
                 raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
             stream = BytesIO(body)
         try:
-            return super().parse(stream, media_type, parser_context)
+            data = super().parse(stream, media_type, parser_context)
         except (RecursionError, UnicodeDecodeError) as exc:
             raise exceptions.ParseError(f"JSON parse error - {type(exc).__name__}") from None
+        if _holds_nul(data):
+            # PostgreSQL cannot store or compare text with U+0000: refuse it here, not with a 500.
+            raise exceptions.ParseError("JSON parse error - a text value holds a NUL character (\\u0000)")
+        return data
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False

@@ -7,11 +7,14 @@ cryptographic operations, never secret or private key bytes.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kms_console.lib.errors import ExternalError
 
-class HsmError(Exception):
+
+class HsmError(ExternalError):
     """Any HSM failure. `transient` says whether trying again later may succeed.
 
     Messages are written for people and may be shown in job rows and API errors: they never hold a
@@ -51,6 +54,9 @@ class HsmOperationError(HsmError):
 
 class HsmDataError(HsmError):
     """The input does not check out: a ciphertext that fails authentication, a bad wrapped blob."""
+
+    status_code = 400
+    code = "invalid_data"
 
 
 # --- Algorithms -----------------------------------------------------------------------------------
@@ -152,7 +158,7 @@ class HsmBackend(Protocol):
 
     def key_check_value(self, cka_id: bytes, algorithm: str) -> str: ...
 
-    def public_key_pem(self, cka_id: bytes) -> str: ...
+    def public_key_pem(self, cka_id: bytes, algorithm: str = "") -> str: ...
 
     def encrypt(self, cka_id: bytes, plaintext: bytes, aad: bytes | None = None) -> bytes: ...
 
@@ -179,7 +185,35 @@ class HsmBackend(Protocol):
         label: str,
         extractable: bool = False,
         store: bool = True,
+        public_key_pem: str = "",
     ) -> GeneratedKey: ...
+
+    # Restore tests and key pairs: a private key proves its public key by signing a test message.
+
+    def unwrap_check(self, wrapping_cka_id: bytes, blob: bytes, *, algorithm: str, public_key_pem: str = "") -> str: ...
+
+    def prove_key_pair(self, cka_id: bytes, algorithm: str, public_key_pem: str) -> str: ...
+
+    # Key transport: keys held in memory for one call, export to a recipient, import from a sender.
+
+    def transient_key(self, value: bytes) -> AbstractContextManager[bytes]: ...
+
+    def wrap_for_recipient(self, cka_id: bytes, recipient_public_pem: str) -> tuple[bytes, bytes]: ...
+
+    def unwrap_from_sender(
+        self,
+        import_cka_id: bytes,
+        encrypted_transport_key: bytes,
+        wrapped_key: bytes,
+        *,
+        algorithm: str,
+        usage: str,
+        new_cka_id: bytes,
+        label: str,
+        extractable: bool = False,
+    ) -> GeneratedKey: ...
+
+    def find_ids(self, *, label: str, object_class: str = "private_key") -> list[bytes]: ...
 
     def inventory(self) -> list[ObjectInfo]: ...
 
