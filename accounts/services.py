@@ -25,7 +25,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.locking import lock_trail
 from audit.services import record
 from kms_console.lib.errors import ApplicationError, Conflict
-from kms_console.lib.roles import PRIVILEGED_ROLES, Role, validate_role_set
+from kms_console.lib.roles import APPROVER_ROLES, PRIVILEGED_ROLES, Role, validate_role_set
 
 from . import responsibilities
 from .models import Acknowledgement, ApiToken, LoginThrottle
@@ -229,6 +229,8 @@ def approver_problem(user: Any, role_needed: set[str] | None = None) -> str | No
         return "the account is disabled"
     if Role.AUDITOR in roles or Role.API_CLIENT in roles:
         return "auditors and service accounts never approve"
+    if not roles & APPROVER_ROLES:
+        return "key administrators request steps and never approve them"
     if role_needed is not None and not (roles & role_needed):
         return f"approving needs one of the roles: {', '.join(sorted(role_needed))}"
     if not has_confirmed_device(user):

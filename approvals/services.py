@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 MAX_JUSTIFICATION = 2000
 MAX_COMMENT = 2000
+# A failed execution may be retried this long after its approval; later, approvers decide afresh.
+RETRY_WINDOW = dt.timedelta(days=7)
 REVIEW_OPERATION = "review"
 
 
@@ -291,12 +293,20 @@ def _record_decision(
         req.save(update_fields=["state", "state_changed_at", "finished_at"])
         _audit_request("request.rejected", req, actor=approver, comment=comment[:200])
         return
-    approvals = req.decisions.filter(decision=Decision.Kind.APPROVE).count()
+    approvals = standing_approvals(req)
     _audit_request(
         "request.approval_recorded", req, actor=approver, approvals=approvals, required=req.required_approvals
     )
     if approvals >= req.required_approvals:
         _reach_quorum(req, now)
+
+
+def standing_approvals(req: ApprovalRequest) -> int:
+    """The approvals that still count: each approver must still be eligible now (active, holding a
+    role the rule names, with a TOTP device and, for custodians, a current acknowledgement). An
+    approval from someone who lost a role or left since does not carry a request over the line."""
+    decisions = req.decisions.filter(decision=Decision.Kind.APPROVE).select_related("approver")
+    return sum(1 for d in decisions if _eligibility_problem(req, d.approver) is None)
 
 
 def _reach_quorum(req: ApprovalRequest, now: dt.datetime) -> None:
@@ -437,8 +447,19 @@ def retry(*, request_id: Any, actor: Any) -> ApprovalRequest:
             raise Conflict(
                 f"The request is {req.state}; only failed requests can be retried.", code=f"request_{req.state}"
             )
-        _audit_request("request.retry", req, actor=actor)
         now = timezone.now()
+        if req.approved_at is not None and now > req.approved_at + RETRY_WINDOW:
+            raise Conflict(
+                f"The request was approved more than {RETRY_WINDOW.days} days ago; open a new request instead of retrying.",
+                code="retry_too_late",
+            )
+        if req.required_approvals and standing_approvals(req) < req.required_approvals:
+            raise Conflict(
+                "Some of the approvals behind this request no longer stand (an approver lost a role, a device or "
+                "an acknowledgement); open a new request.",
+                code="approvals_lapsed",
+            )
+        _audit_request("request.retry", req, actor=actor)
         # A retry gets a fresh execution window from now, bounded by the rule's length.
         req.execute_by = now + dt.timedelta(hours=req.execute_within_hours)
         req.save(update_fields=["execute_by"])

@@ -38,6 +38,10 @@ from .forms import DecisionForm
 from .models import ACTIVE_STATES, ApprovalRequest, Decision, RequestState
 from .selectors import open_requests_of, requests_waiting_for
 
+# Who is shown the decision form: approvers, and key administrators on their own requests, so that
+# an attempt to approve one's own request meets the engine's refusal in words (SPEC §3).
+DECISION_FORM_ROLES = APPROVER_ROLES | {Role.KEY_ADMIN}
+
 LIST_VIEWS = ("waiting", "mine", "all")
 # Key steps requested from a key's page ("Request a change"); backups, exports and restores are
 # requested from the Backups pages.
@@ -99,7 +103,9 @@ def request_list(request: HttpRequest) -> HttpResponse:
     user = request.user
     roles = user_roles(user)
     approver = bool(roles & APPROVER_ROLES)
-    view = request.GET.get("view") or ("waiting" if approver else "all")
+    # Approvers land on their inbox, key administrators on what they asked for, others on everything.
+    default_view = "waiting" if approver else "mine" if Role.KEY_ADMIN in roles else "all"
+    view = request.GET.get("view") or default_view
     if view not in LIST_VIEWS:
         view = "all"
     filter_form = None
@@ -146,7 +152,7 @@ def _detail_context(request: HttpRequest, req: ApprovalRequest, form: DecisionFo
     eligible_role = bool(roles & set(req.approver_roles))
     pending = req.state == RequestState.PENDING
     # Approvers decide; the requester sees the form too, so that an attempt shows the engine's refusal.
-    show_form = pending and mine is None and (eligible_role or is_requester) and bool(roles & APPROVER_ROLES)
+    show_form = pending and mine is None and (eligible_role or is_requester) and bool(roles & DECISION_FORM_ROLES)
     if show_form and form is None:
         form = DecisionForm(initial={"digest": req.digest})
     jobs = list(req.jobs.select_related("key").order_by("created_at")) if hasattr(req, "jobs") else []
@@ -185,7 +191,7 @@ def request_detail(request: HttpRequest, request_id: uuid.UUID) -> HttpResponse:
 
 
 @sensitive_post_parameters("otp")
-@console_view(*APPROVER_ROLES)
+@console_view(*DECISION_FORM_ROLES)
 @require_POST
 def request_decide(request: HttpRequest, request_id: uuid.UUID) -> HttpResponse:
     req = _get_request(request_id)

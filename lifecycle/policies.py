@@ -41,6 +41,11 @@ DEFAULT_APPROVALS: dict[str, int] = {
 QUORUM_OPERATIONS = tuple(DEFAULT_APPROVALS)
 # Changing who may approve, or what the rules are, can never go below one approval.
 META_OPERATIONS = frozenset({"policy_change", "custodian_change", "hsm_change"})
+# Steps that release, restore or end key material, or widen who may use it, need at least one
+# approval under any policy (a policy change cannot make them single-handed).
+MIN_ONE_APPROVAL = META_OPERATIONS | frozenset(
+    {"export", "restore", "import", "escrow", "schedule_destruction", "process_exception", "grant"}
+)
 # Act at once when their quorum is 0, and open a mandatory review.
 IMMEDIATE_OPERATIONS = frozenset({"suspend", "compromise"})
 DEFAULT_APPROVE_WITHIN_HOURS = 72
@@ -120,7 +125,7 @@ def _clean_rule(operation: str, rule: Any) -> dict[str, Any]:
     approvals = merged["approvals"]
     if isinstance(approvals, bool) or not isinstance(approvals, int) or not 0 <= approvals <= MAX_APPROVALS:
         raise _field_error("quorum", f"approvals for {operation} must be a number from 0 to {MAX_APPROVALS}")
-    if operation in META_OPERATIONS and approvals < 1:
+    if operation in MIN_ONE_APPROVAL and approvals < 1:
         raise _field_error("quorum", f"{operation} always needs at least one approval")
     roles = merged["approver_roles"]
     if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):

@@ -18,7 +18,7 @@ from .sweep import sweep
     bind=True,
     acks_late=True,
     ignore_result=True,
-    autoretry_for=(HsmTransientError,),
+    autoretry_for=(HsmTransientError, jobs.JobRetryLater),
     retry_backoff=5,
     retry_backoff_max=300,
     retry_jitter=True,

@@ -31,7 +31,8 @@ class SecurityHeadersMiddleware:
 
 
 class RejectNulMiddleware:
-    """Refuse a NUL character anywhere in the path, query or form body with a 400.
+    """Refuse a NUL character in the path (404: such a name names nothing) and, for the API, in the
+    query or a form body (400).
 
     PostgreSQL cannot store or even compare text holding U+0000, so such a value reaching an ORM
     lookup would answer 500. JSON bodies are checked by kms_console.lib.parsers.SafeJSONParser.
@@ -41,16 +42,22 @@ class RejectNulMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if self._has_nul(request):
-            message = "The request holds a NUL character, which no field accepts."
-            if request.path.startswith("/api/"):
-                return JsonResponse(error_body("bad_request", message), status=400)
-            return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
+        if "\x00" in request.path:
+            return self._refuse(request, 404, "not_found", "Not found.")
+        # Console forms explain a NUL next to the field (their own validation); the API refuses here.
+        if request.path.startswith("/api/") and self._input_has_nul(request):
+            return self._refuse(request, 400, "invalid", "The request holds a NUL character, which no field accepts.")
         return self.get_response(request)
 
     @staticmethod
-    def _has_nul(request: HttpRequest) -> bool:
-        if "\x00" in request.path or "\x00" in unquote(request.META.get("QUERY_STRING", "")):
+    def _refuse(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
+        if request.path.startswith("/api/"):
+            return JsonResponse(error_body(code, message), status=status)
+        return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+
+    @staticmethod
+    def _input_has_nul(request: HttpRequest) -> bool:
+        if "\x00" in unquote(request.META.get("QUERY_STRING", "")):
             return True
         if request.method == "POST" and request.content_type in {
             "application/x-www-form-urlencoded",

@@ -36,7 +36,9 @@ class SafeJSONParser(JSONParser):
             raise exceptions.ParseError(f"JSON parse error - {type(exc).__name__}") from None
         if _holds_nul(data):
             # PostgreSQL cannot store or compare text with U+0000: refuse it here, not with a 500.
-            raise exceptions.ParseError("JSON parse error - a text value holds a NUL character (\\u0000)")
+            raise exceptions.ValidationError(
+                {"non_field_errors": ["A text value holds a NUL character (\\u0000), which no field accepts."]}
+            )
         return data
 
 

@@ -16,8 +16,9 @@ class Role(models.TextChoices):
 ALL_ROLES = frozenset(Role.values)
 # Roles that act on keys or approvals: they need a confirmed TOTP device before using the console.
 PRIVILEGED_ROLES = frozenset({Role.KEY_ADMIN, Role.CUSTODIAN, Role.SECURITY_OFFICER})
-# Humans approve; service accounts never do.
-APPROVER_ROLES = frozenset({Role.CUSTODIAN, Role.SECURITY_OFFICER, Role.KEY_ADMIN})
+# The roles a quorum rule may name. Key administrators request and never approve (SPEC §3);
+# auditors and service accounts never approve either.
+APPROVER_ROLES = frozenset({Role.CUSTODIAN, Role.SECURITY_OFFICER})
 
 
 def validate_role_set(roles: set[str] | frozenset[str]) -> str | None:

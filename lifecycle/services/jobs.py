@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -49,6 +49,15 @@ _handlers: dict[str, JobHandler] = {}
 
 def register_job_handler(kind: str, handler: JobHandler) -> None:
     _handlers[kind] = handler
+
+
+class JobRetryLater(Exception):
+    """A passing failure outside the HSM (the database): Celery retries the task."""
+
+
+# A job that keeps failing in ways its handler cannot classify stops after this many attempts
+# (counted from its last requeue), instead of running again every lease.
+MAX_ATTEMPTS = 8
 
 
 def lease_seconds() -> int:
@@ -109,7 +118,9 @@ def requeue(job: Job, *, actor: Any = None) -> Job:
         if locked.status == JobStatus.FAILED:
             locked.status = JobStatus.QUEUED
             locked.finished_at = None
-            locked.save(update_fields=["status", "finished_at"])
+            # The attempt cap counts from here: a retried job gets a fresh set of attempts.
+            locked.params = {**locked.params, "attempt_base": locked.attempts}
+            locked.save(update_fields=["status", "finished_at", "params"])
             record("job.requeued", actor=actor, target_type="job", target_id=locked.pk, details={"kind": locked.kind})
         transaction.on_commit(lambda: dispatch(locked.pk))
     return locked
@@ -149,7 +160,11 @@ def _claim(job_id: Any) -> Job | None:
             and now - job.started_at < dt.timedelta(seconds=lease_seconds())
         ):
             return None  # another delivery of this task is running it right now
-        if job.request_id and not approvals.execution_window_open(job.request_id):
+        if job.attempts - int(job.params.get("attempt_base", 0)) >= MAX_ATTEMPTS:
+            give_up = f"gave up after {MAX_ATTEMPTS} attempts (see the job's error and the worker log)"
+            claimed = None
+        elif job.request_id and not approvals.execution_window_open(job.request_id):
+            give_up = "the approved request's execution window closed before the job could start"
             claimed = None
         else:
             job.status = JobStatus.RUNNING
@@ -161,7 +176,7 @@ def _claim(job_id: Any) -> Job | None:
             )
             claimed = job
     if claimed is None:
-        _fail(job_id, "the approved request's execution window closed before the job could start")
+        _fail(job_id, give_up)
     return claimed
 
 
@@ -192,6 +207,17 @@ def run_job(job_id: Any, *, final_attempt: bool = True) -> None:
         return
     except ApplicationError as exc:
         _fail(job.pk, exc.message)
+        return
+    except DatabaseError:
+        # The database went away mid-step: the step is idempotent, so leave the job to the lease
+        # (requeue sweep) or Celery's retry rather than failing it.
+        logger.exception("job %s: database error during its HSM step; it will run again", job.pk)
+        raise JobRetryLater(f"job {job.pk} hit a database error") from None
+    except Exception:
+        # A bug, not a state of the world: fail the job (and its request) instead of re-running it
+        # every lease. The traceback goes to the worker log, never into the job row.
+        logger.exception("job %s failed with an unexpected error", job.pk)
+        _fail(job.pk, "an internal error stopped the job; the worker log has the details")
         return
     _complete(job.pk, handler, result)
 

@@ -19,7 +19,7 @@ from django.test import TestCase
 from approvals.models import ApprovalRequest
 from approvals.services import open_request
 from lifecycle.models import Key
-from lifecycle.policies import standard_settings
+from lifecycle.policies import MIN_ONE_APPROVAL, standard_settings
 from lifecycle.services.policies import policy_apply
 from tests.conftest import api_client, approve
 
@@ -99,11 +99,11 @@ def grant(key: Key, grantee: Any, operations: list[str], requester: Any, approve
 
 
 def lenient_policy(name: str = "lenient", **overrides: Any) -> None:
-    """A policy whose operations need no approval (as an operator might set up for a lab)."""
+    """A policy whose operations need no approval where a policy may say so (as an operator might set
+    up for a lab); the steps of `MIN_ONE_APPROVAL` keep one."""
     settings = standard_settings()
     settings["quorum"] = {
-        op: {**rule, "approvals": 0 if op not in {"policy_change", "custodian_change", "hsm_change"} else 1}
-        for op, rule in settings["quorum"].items()
+        op: {**rule, "approvals": 1 if op in MIN_ONE_APPROVAL else 0} for op, rule in settings["quorum"].items()
     }
     settings.update(overrides)
     policy_apply(name=name, settings=settings, actor=None)

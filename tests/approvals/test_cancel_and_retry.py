@@ -141,3 +141,42 @@ def test_a_failed_state_change_is_retried_by_running_it_again(cast: Any, clock: 
     assert (activation.state, activation.execution_count) == (RequestState.FAILED, 2)
     key.refresh_from_db()
     assert key.state == KeyState.COMPROMISED
+
+
+def test_a_retry_long_after_the_approval_is_refused(cast: Any, clock: Any, monkeypatch: Any) -> None:
+    req = failed_generation(cast, clock, monkeypatch)
+    clock.advance(days=8)
+    with pytest.raises(Conflict) as excinfo:
+        retry(request_id=req.pk, actor=cast.dave)
+    assert excinfo.value.code == "retry_too_late"
+    req.refresh_from_db()
+    assert (req.state, req.execution_count) == (RequestState.FAILED, 1)
+
+
+def test_a_retry_is_refused_when_an_approver_no_longer_stands(cast: Any, clock: Any, monkeypatch: Any) -> None:
+    from django.contrib.auth.models import Group
+
+    req = failed_generation(cast, clock, monkeypatch)
+    cast.carol.groups.remove(Group.objects.get(name="custodian"))  # carol is a custodian no more
+    with pytest.raises(Conflict) as excinfo:
+        retry(request_id=req.pk, actor=cast.dave)
+    assert excinfo.value.code == "approvals_lapsed"
+    assert Job.objects.get(request=req).attempts == 1
+
+
+def test_an_approval_from_someone_who_lost_the_role_does_not_count(cast: Any, clock: Any) -> None:
+    from django.contrib.auth.models import Group
+
+    req = open_generation(cast.alice)
+    decide(request_id=req.pk, approver=cast.bob, decision="approve", otp=fresh_otp(cast.bob, clock), digest=req.digest)
+    cast.bob.groups.remove(Group.objects.get(name="custodian"))  # bob leaves the custodians
+    decide(
+        request_id=req.pk, approver=cast.carol, decision="approve", otp=fresh_otp(cast.carol, clock), digest=req.digest
+    )
+    req.refresh_from_db()
+    assert req.state == RequestState.PENDING  # 1 standing approval of 2
+    decide(
+        request_id=req.pk, approver=cast.dave, decision="approve", otp=fresh_otp(cast.dave, clock), digest=req.digest
+    )
+    req.refresh_from_db()
+    assert req.state != RequestState.PENDING

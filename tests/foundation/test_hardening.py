@@ -16,19 +16,19 @@ from lifecycle.hsm import HsmDataError, HsmTransientError
 from tests.conftest import api_client, web_client
 
 
-def test_a_nul_in_a_console_url_is_a_400_not_a_500(olivia: Any) -> None:
+def test_a_nul_in_a_console_url_names_nothing(olivia: Any) -> None:
     response = web_client(olivia).get("/policies/a%00b/")
-    assert response.status_code == 400
+    assert response.status_code == 404
 
 
 def test_a_nul_in_an_api_query_answers_the_error_shape(erin: Any) -> None:
     response = api_client(erin).get("/api/v1/audit/events/", {"action": "a\x00b"})
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "bad_request"
+    assert response.json()["error"]["code"] == "invalid"
 
 
-def test_a_nul_in_a_form_post_is_refused(alice: Any) -> None:
-    response = web_client(alice).post("/requests/new/", {"justification": "x\x00y"})
+def test_a_nul_in_an_api_form_post_is_refused(alice: Any) -> None:
+    response = api_client(alice).post("/api/v1/keys/", {"name": "x\x00y"})
     assert response.status_code == 400
 
 

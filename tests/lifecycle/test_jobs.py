@@ -279,3 +279,38 @@ def test_a_job_whose_execution_window_closed_fails_without_touching_the_hsm(
     assert "execution window closed" in job.error
     job.request.refresh_from_db()
     assert job.request.state == RequestState.FAILED
+
+
+def test_a_bug_in_a_step_fails_the_job_once_instead_of_running_it_every_lease(
+    cast: Any, clock: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    from lifecycle.hsm import Pkcs11Backend
+    from tests.approvals.helpers import open_generation
+    from tests.conftest import approve
+    from tests.lifecycle.helpers import on_commit
+
+    def broken(self: Pkcs11Backend, *args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Pkcs11Backend, "generate", broken)
+    with on_commit():
+        req = approve(open_generation(cast.alice, "buggy"), cast.bob, cast.carol, clock=clock)
+    job = Job.objects.get(request=req)
+    assert job.status == JobStatus.FAILED
+    assert job.error == "an internal error stopped the job; the worker log has the details"
+    assert "a bug" not in job.error  # tracebacks go to the log, not to the row
+    req.refresh_from_db()
+    assert req.state == "failed"
+
+
+def test_a_job_gives_up_after_its_attempts_are_spent(cast: Any, clock: Any) -> None:
+    from lifecycle.services import jobs as job_service
+    from tests.lifecycle.helpers import generate_key
+
+    key = generate_key(cast.alice, cast.approvers, clock)
+    job = Job.objects.get(key=key)
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, attempts=job_service.MAX_ATTEMPTS, started_at=None)
+    job_service.run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert f"gave up after {job_service.MAX_ATTEMPTS} attempts" in job.error

@@ -158,10 +158,11 @@ def test_the_inbox_lists_what_waits_for_the_custodian_and_not_for_the_requester(
     assert inbox.context["view"] == "waiting"
     assert f"/requests/{req.pk}/" in inbox.content.decode()
     assert b'<span class="nav-count"' in inbox.content
+    # A key administrator approves nothing: their requests page opens on what they asked for.
     alice_page = web_client(alice).get("/requests/")
-    assert alice_page.context["view"] == "waiting"
-    assert f"/requests/{req.pk}/" not in alice_page.content.decode()
-    assert f"/requests/{req.pk}/" in web_client(alice).get("/requests/?view=mine").content.decode()
+    assert alice_page.context["view"] == "mine"
+    assert f"/requests/{req.pk}/" in alice_page.content.decode()
+    assert f"/requests/{req.pk}/" not in web_client(alice).get("/requests/?view=waiting").content.decode()
 
 
 def test_the_dashboard_shows_the_estate(alice: Any, bob: Any, carol: Any, clock: Any) -> None:
