@@ -8,11 +8,12 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth import logout
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 
 from audit.services import record
+from kms_console.lib.errors import error_body
 from kms_console.lib.roles import Role
 
 from . import services
@@ -29,10 +30,12 @@ POLL_HEADER = "HTTP_X_KMS_POLL"
 
 
 class SecondFactorMiddleware:
-    """For console pages (not the API, which checks per request):
+    """For console sessions:
 
-    1. a privileged user idle for longer than KMS_IDLE_TIMEOUT_SECONDS is signed out;
-    2. a user who has (or must have) a TOTP device but has not verified it is sent to the OTP step,
+    1. a privileged user or auditor idle for longer than KMS_IDLE_TIMEOUT_SECONDS is signed out
+       (console pages and the API's session authentication alike);
+    2. on console pages, a user who has (or must have) a TOTP device but has not verified it is sent
+       to the OTP step,
        or to enrolment when they have no confirmed device yet;
     3. a custodian without a current acknowledgement is sent to the responsibilities text.
     """
@@ -42,15 +45,23 @@ class SecondFactorMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         user = request.user
-        if not user.is_authenticated or request.path.startswith(("/static/", "/api/")):
+        if not user.is_authenticated or request.path.startswith("/static/"):
             return self.get_response(request)
         privileged = services.is_privileged(user)
+        # Sessions that can change or read sensitive things time out when idle; the API's session
+        # authentication follows the same rule (API tokens are not sessions and are not affected).
+        timed = privileged or Role.AUDITOR in services.roles_of(user)
         now = time.time()
         last_seen = request.session.get(LAST_SEEN_KEY)
-        if privileged and last_seen and now - last_seen > settings.KMS_IDLE_TIMEOUT_SECONDS:
+        if timed and last_seen and now - last_seen > settings.KMS_IDLE_TIMEOUT_SECONDS:
             record("auth.session_expired", actor=user, target_type="user", target_id=user.pk)
             logout(request)
             minutes = settings.KMS_IDLE_TIMEOUT_SECONDS // 60
+            if request.path.startswith("/api/"):
+                return JsonResponse(
+                    error_body("session_expired", f"The console session ended after {minutes} idle minutes."),
+                    status=401,
+                )
             request.session[NOTICE_SESSION_KEY] = (
                 f"You were signed out after {minutes} minutes without activity. Please sign in again."
             )

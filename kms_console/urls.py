@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
+from django_otp.admin import OTPAdminSite
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+
+# The read-only admin asks for the second factor too (django-otp's admin site: a verified device).
+admin.site.__class__ = OTPAdminSite
 
 urlpatterns = [
     path("admin/", admin.site.urls),
