@@ -253,9 +253,12 @@ def provision_user(
 ) -> tuple[Any, str | None, bool]:
     """Create or update a user from the operator's shell. Returns (user, otpauth_uri, created).
 
-    Roles given here are applied directly: this is the bootstrap path before any custodian exists.
-    It is audited as `user.provisioned` (via cli), and the compliance checks list every role grant
-    that did not come through a dual-controlled request.
+    This is the operator's bootstrap path: a new user gets the roles given here directly, audited
+    as `user.provisioned` (via cli); the compliance checks list every role grant that did not come
+    through a dual-controlled request. An existing user is only updated where that cannot take over
+    an approver: email and password may change; roles change only if the user has none yet (every
+    other role change is a dual-controlled `custodian_change`); a TOTP device is enrolled only if the
+    user has no confirmed one (a lost device is removed first with `kms_user reset-totp`, audited).
     """
     check_roles(roles)
     if password is not None:
@@ -268,6 +271,18 @@ def provision_user(
         lock_trail()
         user, created = User.objects.select_for_update().get_or_create(username=username, defaults={"email": email})
         before = sorted(roles_of(user)) if not created else []
+        if before and set(before) != roles:
+            raise Conflict(
+                f"{username} already holds roles ({', '.join(before)}); roles of an existing user change only "
+                "through a dual-controlled role change (a security officer proposes it in the console or the API).",
+                code="role_change_needs_approval",
+            )
+        if enrol_totp and not created and has_confirmed_device(user):
+            raise Conflict(
+                f"{username} already has a confirmed TOTP device. If it was lost, remove it with "
+                f"`kms_user reset-totp {username}` (audited); the user then enrols again at sign-in.",
+                code="totp_exists",
+            )
         if email and user.email != email:
             user.email = email
         if password is not None:
@@ -295,6 +310,25 @@ def provision_user(
             },
         )
     return user, uri, created
+
+
+def reset_totp(*, username: str) -> Any:
+    """Remove a user's TOTP devices (a lost authenticator): they enrol a new one at their next
+    sign-in. The operator's recovery path, audited as `otp.reset` (via cli)."""
+    with transaction.atomic():
+        lock_trail()
+        user = User.objects.select_for_update().filter(username=username).first()
+        if user is None:
+            raise ApplicationError(f"no user named {username!r}", code="no_user")
+        removed = TOTPDevice.objects.filter(user=user).count()
+        TOTPDevice.objects.filter(user=user).delete()
+        record(
+            "otp.reset",
+            target_type="user",
+            target_id=user.pk,
+            details={"username": username, "devices_removed": removed},
+        )
+    return user
 
 
 # --- API tokens -----------------------------------------------------------------------------------

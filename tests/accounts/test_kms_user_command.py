@@ -81,27 +81,43 @@ def test_create_again_updates_the_same_user_idempotently(kms: Any, monkeypatch: 
     kms_user("create", "zoe", "--role", "key_admin", "--password-stdin", stdin=PASSWORD + "\n", monkeypatch=monkeypatch)
     first = get_user_model().objects.get(username="zoe")
 
-    out, err = kms_user("create", "zoe", "--role", "key_admin", "--role", "custodian", "--email", "z@example.test")
+    out, err = kms_user("create", "zoe", "--role", "key_admin", "--email", "z@example.test")
     assert out == ""  # no --totp: nothing on stdout
     assert "Updated zoe" in err
     user = get_user_model().objects.get(username="zoe")
     assert user.pk == first.pk
     assert get_user_model().objects.filter(username="zoe").count() == 1
-    assert services.roles_of(user) == {"key_admin", "custodian"}
+    assert services.roles_of(user) == {"key_admin"}
     assert user.check_password(PASSWORD)  # no --password-stdin: the password stays
     assert user.email == "z@example.test"
     # The same call once more changes nothing and records that it changed nothing.
-    kms_user("create", "zoe", "--role", "key_admin", "--role", "custodian", "--email", "z@example.test")
+    kms_user("create", "zoe", "--role", "key_admin", "--email", "z@example.test")
     last = AuditEvent.objects.filter(action="user.provisioned").order_by("seq").last()
-    assert last.details["roles_before"] == last.details["roles"] == ["custodian", "key_admin"]
+    assert last.details["roles_before"] == last.details["roles"] == ["key_admin"]
 
 
-def test_totp_again_replaces_the_device_and_prints_the_new_uri_once(kms: Any, monkeypatch: Any) -> None:
+def test_the_command_never_changes_the_roles_of_a_user_who_has_some(kms: Any, monkeypatch: Any) -> None:
+    kms_user("create", "zoe", "--role", "key_admin")
+    with pytest.raises(CommandError, match="dual-controlled role change"):
+        kms_user("create", "zoe", "--role", "key_admin", "--role", "custodian")
+    assert services.roles_of(get_user_model().objects.get(username="zoe")) == {"key_admin"}
+    # A user created without roles may be given their first ones (bootstrap).
+    kms_user("create", "yan")
+    kms_user("create", "yan", "--role", "auditor")
+    assert services.roles_of(get_user_model().objects.get(username="yan")) == {"auditor"}
+
+
+def test_totp_is_enrolled_once_and_a_lost_device_is_reset_first(kms: Any, monkeypatch: Any) -> None:
     first, _ = kms_user("create", "zoe", "--role", "custodian", "--totp")
-    second, _ = kms_user("create", "zoe", "--role", "custodian", "--totp")
-    assert query_secret(first) != query_secret(second)
+    with pytest.raises(CommandError, match="already has a confirmed TOTP device"):
+        kms_user("create", "zoe", "--role", "custodian", "--totp")
     user = get_user_model().objects.get(username="zoe")
     assert TOTPDevice.objects.filter(user=user).count() == 1
+    kms_user("reset-totp", "zoe")
+    assert not TOTPDevice.objects.filter(user=user).exists()
+    assert AuditEvent.objects.filter(action="otp.reset", target_id=str(user.pk)).exists()
+    second, _ = kms_user("create", "zoe", "--role", "custodian", "--totp")
+    assert query_secret(first) != query_secret(second)
     assert not user.has_usable_password()  # created without --password-stdin
 
 

@@ -1,6 +1,7 @@
 """kms_user create NAME --role ROLE [--role ROLE…] [--email E] [--password-stdin] [--totp]
 kms_user acknowledge NAME
 kms_user show NAME
+kms_user reset-totp NAME
 
 `create` prints only the otpauth:// URI on stdout (with --totp), so scripts can capture it;
 everything else goes to stderr.
@@ -34,6 +35,8 @@ class Command(KmsCommand):
         ack.add_argument("name")
         show = sub.add_parser("show", help="show a user's roles and second-factor status")
         show.add_argument("name")
+        reset = sub.add_parser("reset-totp", help="remove a lost TOTP device; the user enrols again at sign-in")
+        reset.add_argument("name")
 
     def run(self, *args: Any, **options: Any) -> None:
         action = options["action"]
@@ -45,6 +48,11 @@ class Command(KmsCommand):
                 raise CommandError(f"{user.get_username()} is not a custodian")
             services.acknowledge(user=user)
             self.stderr.write(f"Recorded the acknowledgement of {user.get_username()}.")
+        elif action == "reset-totp":
+            user = services.reset_totp(username=options["name"])
+            self.stderr.write(
+                f"Removed the TOTP devices of {user.get_username()}; they enrol again at their next sign-in."
+            )
         elif action == "show":
             user = self._user(options["name"])
             self.stdout.write(
