@@ -114,7 +114,9 @@ def start_totp_enrolment(user: Any) -> TOTPDevice:
     """An unconfirmed device for the enrolment page (replaces an earlier unconfirmed one)."""
     with transaction.atomic():
         TOTPDevice.objects.filter(user=user, confirmed=False).delete()
-        return TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
+        device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
+        record("otp.enrolment_started", actor=user, target_type="user", target_id=user.pk)
+    return device
 
 
 def confirm_totp_enrolment(*, user: Any, device_id: int, code: str) -> TOTPDevice:

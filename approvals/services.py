@@ -554,6 +554,8 @@ def send_reminders(now: dt.datetime | None = None) -> int:
     for pk in due.values_list("pk", flat=True):
         with transaction.atomic():
             updated = ApprovalRequest.objects.filter(pk=pk, reminded_at__isnull=True).update(reminded_at=now)
+            if updated:
+                record("request.reminder_sent", target_type="request", target_id=pk)
         if updated:  # compare-and-set: another beat process may have sent it already
             notify_approvers(pk, reminder=True)
             count += 1

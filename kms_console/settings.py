@@ -243,6 +243,9 @@ KMS_HSM_TOKEN_LABEL = os.environ.get("KMS_HSM_TOKEN_LABEL", "kms-default")
 KMS_HSM_PIN_ENV = "KMS_HSM_PIN"
 KMS_HSM_PIN_FILE = os.environ.get("KMS_HSM_PIN_FILE", str(SECRETS_DIR / "hsm_user_pin"))
 KMS_SOFTHSM2_CONF = os.environ.get("SOFTHSM2_CONF", str(VAR_DIR / "softhsm2.conf"))
+# What an hsm_change request may register: these modules only, PINs from these directories only.
+KMS_PKCS11_ALLOWED_MODULES = envlist("KMS_PKCS11_ALLOWED_MODULES", [KMS_PKCS11_MODULE])
+KMS_HSM_PIN_DIRS = envlist("KMS_HSM_PIN_DIRS", [str(SECRETS_DIR), "/run/secrets"])
 
 # --- Product knobs --------------------------------------------------------------------------------
 KMS_ACKNOWLEDGEMENT_VALID_DAYS = envint("KMS_ACKNOWLEDGEMENT_VALID_DAYS", 365, minimum=1)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -45,7 +46,17 @@ USAGES_BY_FAMILY = {
 }
 USE_OPERATIONS = ("encrypt", "decrypt", "sign", "verify", "mac", "verify_mac")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=/-]{0,49}$")
-ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
+# Where a registered HSM's PIN may come from: never an arbitrary variable (SECRET_KEY) or file.
+PIN_ENV_RE = re.compile(r"^KMS_[A-Z0-9_]{0,56}PIN$")
+
+
+def _in_pin_dirs(path: str) -> bool:
+    candidate = Path(path)
+    if not candidate.is_absolute() or ".." in candidate.parts or len(path) > 500:
+        return False
+    return any(candidate.is_relative_to(Path(base)) for base in settings.KMS_HSM_PIN_DIRS)
+
+
 MAX_TAGS = 20
 MAX_EXCEPTION_DAYS = 30
 
@@ -478,17 +489,22 @@ def _hsm_prepare(requester: Any, target_id: str, p: dict[str, Any]) -> Prepared:
         params = {"action": "retire", "name": name}
     elif action == "register":
         module = p.get("module")
-        if not isinstance(module, str) or not Path(module).is_absolute() or not Path(module).is_file():
-            raise invalid("module", "must be the absolute path of a PKCS#11 module on the server")
+        allowed = settings.KMS_PKCS11_ALLOWED_MODULES
+        # Only modules the operator listed: approving a registration loads the module into the
+        # console's processes, which approvers cannot judge for an arbitrary path.
+        if not isinstance(module, str) or module not in allowed:
+            raise invalid(
+                "module", f"must be one of the PKCS#11 modules this installation allows: {', '.join(allowed)}"
+            )
         label = p.get("token_label")
         if not isinstance(label, str) or not 1 <= len(label) <= 32:
             raise invalid("token_label", "must be the token's label (1-32 characters)")
         pin_env = p.get("pin_env") or ""
         pin_file = p.get("pin_file") or ""
-        if pin_env and (not isinstance(pin_env, str) or not ENV_NAME_RE.match(pin_env)):
-            raise invalid("pin_env", "must be an environment variable name such as KMS_HSM2_PIN")
-        if pin_file and (not isinstance(pin_file, str) or not Path(pin_file).is_absolute()):
-            raise invalid("pin_file", "must be an absolute path")
+        if pin_env and (not isinstance(pin_env, str) or not PIN_ENV_RE.match(pin_env)):
+            raise invalid("pin_env", "must be a KMS_…_PIN environment variable name such as KMS_HSM2_PIN")
+        if pin_file and (not isinstance(pin_file, str) or not _in_pin_dirs(pin_file)):
+            raise invalid("pin_file", f"must be a file under {' or '.join(settings.KMS_HSM_PIN_DIRS)}")
         if not pin_env and not pin_file:
             raise invalid("pin_env", "give pin_env or pin_file: where the worker reads the token's PIN")
         location = p.get("location") or ""

@@ -41,6 +41,7 @@ from kms_console.lib.errors import ApplicationError
 from kms_console.lib.roles import PRIVILEGED_ROLES, Role
 from kms_console.lib.web import add_service_error, console_view, empty_choice, paginate, user_roles
 
+from .backups.selectors import backups_for_key
 from .filtersets import JobFilterSet, KeyFilterSet
 from .forms import (
     KEY_OPERATION_FORMS,
@@ -311,6 +312,8 @@ def key_detail(request: HttpRequest, key_id: uuid.UUID) -> HttpResponse:
         "open_requests": open_requests,
         "actions": _available_operations(key, user_roles(request.user), pending_ops),
         "grants": list(KeyGrant.objects.filter(key=key, revoked_at__isnull=True).select_related("grantee")),
+        # One query for every backup of every version (versions and KEKs joined), newest first.
+        "backups": list(backups_for_key(key)),
         "certificate": certificate,
         "certificate_body": json.dumps(certificate.body, indent=2, sort_keys=True) if certificate else "",
         "now": timezone.now(),
@@ -514,7 +517,7 @@ def hsm_list(request: HttpRequest) -> HttpResponse:
     rows = []
     for hsm in hsms:
         # Asks the token itself: the page shows what the HSM says now, not what the database believes.
-        health = hsm.backend().health() if hsm.retired_at is None else None
+        health = hsm.health() if hsm.retired_at is None else None
         rows.append({"hsm": hsm, "health": health})
     pending = list(
         ApprovalRequest.objects.filter(operation="hsm_change", state__in=ACTIVE_STATES)

@@ -99,7 +99,7 @@ class HsmViewSet(mixins.ListModelMixin, ApiViewSet):
             raise ApplicationError("health takes true or false.", code="invalid", details={"health": ["true or false"]})
         page = self.paginate_queryset(self.get_queryset())
         # Health asks the token (a slot query and an object count): not a hot path, and one per HSM.
-        health = {hsm.pk: hsm.backend().health() for hsm in page} if flag in {"true", "1"} else {}
+        health = {hsm.pk: hsm.health() for hsm in page} if flag in {"true", "1"} else {}
         serializer = HsmSerializer(page, many=True, context={"health": health})
         return self.get_paginated_response(serializer.data)
 

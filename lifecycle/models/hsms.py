@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 from django.db import models
 
 from audit.locking import TrailOrderedManager
-from lifecycle.hsm import Pkcs11Backend, backend_for
+from lifecycle.hsm import HealthInfo, Pkcs11Backend, backend_for
+
+HEALTH_MAX_AGE_SECONDS = 30.0
+_health_lock = threading.Lock()
+_health_cache: dict[uuid.UUID, tuple[float, HealthInfo]] = {}
 
 
 class Hsm(models.Model):
@@ -39,6 +45,20 @@ class Hsm(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def health(self, *, max_age: float = HEALTH_MAX_AGE_SECONDS) -> HealthInfo:
+        """The token's health, computed at most every `max_age` seconds per process: it walks every
+        object on the token under the process-wide HSM lock, so pages and API reads must not make
+        every request pay for it (nor stall key use behind it)."""
+        now = time.monotonic()
+        with _health_lock:
+            cached = _health_cache.get(self.pk)
+            if cached is not None and now - cached[0] < max_age:
+                return cached[1]
+        health = self.backend().health()
+        with _health_lock:
+            _health_cache[self.pk] = (now, health)
+        return health
 
     def backend(self) -> Pkcs11Backend:
         return backend_for(

@@ -364,7 +364,7 @@ def test_a_custodian_retries_a_failed_request(olivia: Any, bob: Any, carol: Any,
             "name": "dc2",
             "module": settings.KMS_PKCS11_MODULE,
             "token_label": kms.token.other_label,
-            "pin_env": "KMS_NO_SUCH_PIN_VARIABLE",
+            "pin_env": "KMS_NO_SUCH_VARIABLE_PIN",
         },
     )
     for approver in (bob, carol):
@@ -470,7 +470,7 @@ def test_an_hsm_registration_names_where_the_pin_comes_from(olivia: Any, kms: An
     base = {"name": "dc2", "token_label": kms.token.other_label, "justification": "Second site."}
     response = client.post("/hsms/register/", {**base, "module": "libsofthsm2.so", "pin_env": "KMS_HSM2_PIN"})
     assert field_error(response, "module") == (
-        "PKCS#11 module must be the absolute path of a PKCS#11 module on the server."
+        f"PKCS#11 module must be one of the PKCS#11 modules this installation allows: {settings.KMS_PKCS11_MODULE}."
     )
     response = client.post("/hsms/register/", {**base, "module": settings.KMS_PKCS11_MODULE})
     assert "Give pin_env or pin_file" in field_error(response, "pin_env")
