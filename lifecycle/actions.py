@@ -101,12 +101,17 @@ def _extra_none(parameters: dict[str, Any], operation: str, allowed: set[str] | 
 def _parse_when(value: Any, field: str) -> dt.datetime:
     if not isinstance(value, str):
         raise invalid(field, "must be an ISO 8601 date and time, e.g. 2026-12-24T09:00:00Z")
-    parsed = parse_datetime(value.strip())
-    if parsed is None:
-        raise invalid(field, "must be an ISO 8601 date and time, e.g. 2026-12-24T09:00:00Z")
-    if parsed.tzinfo is None:
-        raise invalid(field, "must include a time zone (for example a trailing Z for UTC)")
-    return parsed.astimezone(dt.UTC)
+    try:
+        # parse_datetime answers None for a wrong shape and raises for a well-shaped impossible
+        # value (2026-02-30, an offset of +99:00).
+        parsed = parse_datetime(value.strip())
+        if parsed is None:
+            raise ValueError
+        if parsed.tzinfo is None:
+            raise invalid(field, "must include a time zone (for example a trailing Z for UTC)")
+        return parsed.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise invalid(field, "must be an ISO 8601 date and time, e.g. 2026-12-24T09:00:00Z") from None
 
 
 def clean_tags(tags: Any) -> list[str]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from approvals import registry
 from approvals.services import open_request
+from kms_console.lib.errors import ApplicationError
 
 
 def describe_generation(alice: Any, name: str = "described", **extra: Any) -> str:
@@ -36,3 +39,12 @@ def test_a_later_activation_date_is_named(alice: Any, clock: Any) -> None:
 
 def test_no_activation_date_keeps_the_key_in_pre_activation(alice: Any, clock: Any) -> None:
     assert "stays in pre-activation" in describe_generation(alice, activate_at=None)
+
+
+@pytest.mark.parametrize(
+    "when", ["2026-02-30T09:00:00Z", "2026-12-24T09:00:00+99:00", "9999-12-31T23:59:59-23:59", "soon"]
+)
+def test_an_impossible_activation_date_is_a_clear_error(alice: Any, clock: Any, when: str) -> None:
+    with pytest.raises(ApplicationError) as excinfo:
+        describe_generation(alice, activate_at=when)
+    assert "activate_at" in excinfo.value.details
