@@ -29,7 +29,7 @@ from kms_console.lib.errors import ApplicationError, Conflict, NotFound
 from kms_console.lib.roles import Role
 
 from .hsm.base import ALGORITHMS, USAGE_ENCRYPT_DECRYPT, USAGE_MAC, USAGE_SIGN_VERIFY, USAGE_WRAP_UNWRAP, get_algorithm
-from .models import Hsm, Job, JobStatus, Key, KeyGrant, Policy
+from .models import Hsm, Job, JobStatus, Key, KeyGrant, Policy, PolicyVersion
 from .policies import IMMEDIATE_OPERATIONS, NAME_RE, STANDARD_POLICY, clean_settings, quorum_for, settings_of
 from .services import jobs, keys
 from .services.policies import hsm_register, hsm_retire, policy_apply
@@ -423,18 +423,37 @@ def _policy_execute(req: ApprovalRequest) -> Outcome:
     return Outcome(result={"policy": p["name"], "version": version.number})
 
 
+def _shown(value: Any) -> str:
+    if value is None:
+        return "default (NIST table)"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value) or "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def policy_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every setting that differs, as "name old → new" (nested quorum rules by their path)."""
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes.extend(policy_changes(before, after, f"{prefix}{name}."))
+        else:
+            changes.append(f"{prefix}{name} {_shown(before)} → {_shown(after)}")
+    return changes
+
+
 def _policy_describe(req: ApprovalRequest) -> str:
     p = req.parameters
     if p.get("base_version") is None:
         return f"Create the key policy '{p['name']}' with the settings below (version 1)."
-    existing = Policy.objects.filter(name=p["name"]).first()
-    changed = []
-    if existing:
-        old = clean_settings({}, base=settings_of(existing.versions.get(number=p["base_version"])))
-        changed = [field for field, value in p["settings"].items() if old.get(field) != value]
+    base = PolicyVersion.objects.filter(policy__name=p["name"], number=p["base_version"]).first()
+    changes = policy_changes(clean_settings({}, base=settings_of(base)), p["settings"]) if base else []
     return (
         f"Change key policy '{p['name']}' from version {p['base_version']} to a new version"
-        + (f"; changed: {', '.join(changed)}" if changed else "")
+        + (f". Changes: {'; '.join(changes)}" if changes else "")
         + ". Requests opened after it takes effect follow the new rules; pending ones keep theirs."
     )
 

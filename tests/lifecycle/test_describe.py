@@ -48,3 +48,20 @@ def test_an_impossible_activation_date_is_a_clear_error(alice: Any, clock: Any, 
     with pytest.raises(ApplicationError) as excinfo:
         describe_generation(alice, activate_at=when)
     assert "activate_at" in excinfo.value.details
+
+
+def test_a_policy_change_names_each_setting_with_its_old_and_new_value(olivia: Any, clock: Any) -> None:
+    req = open_request(
+        operation="policy_change",
+        requester=olivia,
+        justification="shorter wait, and security officers may approve generation",
+        parameters={
+            "name": "standard",
+            "destruction_wait_days": 14,
+            "quorum": {"generate": {"approver_roles": ["custodian", "security_officer"]}},
+        },
+    )
+    text = registry.get("policy_change").describe(req)
+    assert "destruction_wait_days 30 → 14" in text
+    assert "quorum.generate.approver_roles custodian → custodian, security_officer" in text
+    assert "auto_rotate" not in text  # unchanged settings are not listed
