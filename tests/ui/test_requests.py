@@ -413,7 +413,7 @@ def test_a_security_officer_proposes_a_policy_change(olivia: Any, kms: Any) -> N
     assert response["Location"] == f"/requests/{req.pk}/"
     assert req.parameters["settings"]["destruction_wait_days"] == 10
     assert req.parameters["base_version"] == 1
-    assert b"changed: destruction_wait_days" in client.get(response["Location"]).content
+    assert "destruction_wait_days 30 → ".encode() in client.get(response["Location"]).content
 
 
 def test_a_proposal_without_a_change_is_refused(olivia: Any, kms: Any) -> None:
