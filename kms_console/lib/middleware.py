@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import unquote
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -45,8 +44,16 @@ class RejectNulMiddleware:
         if "\x00" in request.path:
             return self._refuse(request, 404, "not_found", "Not found.")
         # Console forms explain a NUL next to the field (their own validation); the API refuses here.
-        if request.path.startswith("/api/") and self._input_has_nul(request):
-            return self._refuse(request, 400, "invalid", "The request holds a NUL character, which no field accepts.")
+        fields = self._fields_with_nul(request) if request.path.startswith("/api/") else []
+        if fields:
+            return JsonResponse(
+                error_body(
+                    "invalid",
+                    f"{fields[0]}: a NUL character is not allowed in any field.",
+                    {name: ["A NUL character is not allowed."] for name in fields},
+                ),
+                status=400,
+            )
         return self.get_response(request)
 
     @staticmethod
@@ -56,17 +63,16 @@ class RejectNulMiddleware:
         return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
 
     @staticmethod
-    def _input_has_nul(request: HttpRequest) -> bool:
-        if "\x00" in unquote(request.META.get("QUERY_STRING", "")):
-            return True
+    def _fields_with_nul(request: HttpRequest) -> list[str]:
+        """Names of the query (and form) parameters holding a NUL character."""
+        pairs = list(request.GET.lists())
         if request.method == "POST" and request.content_type in {
             "application/x-www-form-urlencoded",
             "multipart/form-data",
         }:
-            return any(
-                "\x00" in key or any("\x00" in value for value in values) for key, values in request.POST.lists()
-            )
-        return False
+            pairs += list(request.POST.lists())
+        names = [name for name, values in pairs if "\x00" in name or any("\x00" in value for value in values)]
+        return [name.replace("\x00", "\ufffd") for name in names]
 
 
 class ExternalErrorMiddleware:
