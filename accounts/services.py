@@ -340,10 +340,25 @@ def _token_digest(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+def default_scopes(user: Any) -> set[str]:
+    """The scopes a user's roles can use: read for everyone; request for key administrators,
+    custodians and security officers; approve for approvers; use for key owners and service accounts."""
+    roles = roles_of(user)
+    scopes = {ApiToken.Scope.READ.value}
+    if roles & {Role.KEY_ADMIN, Role.CUSTODIAN, Role.SECURITY_OFFICER}:
+        scopes.add(ApiToken.Scope.REQUEST.value)
+    if roles & APPROVER_ROLES:
+        scopes.add(ApiToken.Scope.APPROVE.value)
+    if roles & {Role.KEY_ADMIN, Role.API_CLIENT}:
+        scopes.add(ApiToken.Scope.USE.value)
+    return scopes
+
+
 def create_token(
     *, user: Any, scopes: list[str] | None = None, expires_in_days: int | None = None, name: str = "", actor: Any = None
 ) -> tuple[ApiToken, str]:
-    """Make a token; the raw value is returned once and never stored."""
+    """Make a token; the raw value is returned once and never stored. Without scopes it carries all
+    of them (the roles still decide what it may do); `kms_token` asks for `default_scopes` instead."""
     valid = set(ApiToken.Scope.values)
     scopes = sorted(set(scopes or valid))
     bad = set(scopes) - valid

@@ -110,3 +110,26 @@ def test_bad_input_is_refused_with_a_clear_error(svc: Any, args: list[str], mess
     with pytest.raises(CommandError, match=message):
         kms_token(*args)
     assert ApiToken.objects.filter(revoked_at__isnull=True).count() == before
+
+
+@pytest.mark.parametrize(
+    ("who", "scopes"),
+    [
+        ("svc", ["read", "use"]),
+        ("alice", ["read", "request", "use"]),
+        ("bob", ["approve", "read", "request"]),
+        ("erin", ["read"]),
+    ],
+)
+def test_without_scopes_a_token_gets_what_the_users_roles_can_use(
+    svc: Any, alice: Any, bob: Any, erin: Any, who: str, scopes: list[str]
+) -> None:
+    kms_token("create", "--user", who)
+    assert sorted(ApiToken.objects.get(user__username=who).scopes) == scopes
+
+
+@pytest.mark.parametrize("who", ["erin", "svc", "alice"])
+def test_a_token_of_someone_who_never_approves_cannot_approve(svc: Any, alice: Any, erin: Any, who: str) -> None:
+    with pytest.raises(CommandError, match="never approves"):
+        kms_token("create", "--user", who, "--scope", "approve")
+    assert not ApiToken.objects.filter(user__username=who).exists()

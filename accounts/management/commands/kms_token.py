@@ -38,8 +38,14 @@ class Command(KmsCommand):
             user = get_user_model().objects.filter(username=options["user"]).first()
             if user is None:
                 raise CommandError(f"no user named {options['user']!r}")
+            # Least privilege from the command line: without --scope, what the user's roles can use.
+            scopes = options["scopes"] or sorted(services.default_scopes(user))
+            if ApiToken.Scope.APPROVE in scopes and "approve" not in services.default_scopes(user):
+                raise CommandError(
+                    f"{user.get_username()} never approves, so their token cannot have the approve scope"
+                )
             _, raw = services.create_token(
-                user=user, scopes=options["scopes"], expires_in_days=options["expires_in"], name=options["name"]
+                user=user, scopes=scopes, expires_in_days=options["expires_in"], name=options["name"]
             )
             self.stdout.write(raw)
         elif action == "revoke":
