@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -504,14 +505,85 @@ class PolicySettingsSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class _CurrentSetting(serializers.Field):
+    """One setting of the policy's current version, read from the prefetched versions."""
+
+    def __init__(self, setting: str, **kwargs: Any) -> None:
+        self.setting = setting
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, policy: Policy) -> Any:
+        current = next((v for v in policy.versions.all() if v.is_current), None)  # prefetched
+        if current is None:
+            return None
+        value = getattr(current, self.setting)
+        return value.value if hasattr(value, "value") else value
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class _IntSetting(_CurrentSetting):
+    pass
+
+
+@extend_schema_field(OpenApiTypes.BOOL)
+class _BoolSetting(_CurrentSetting):
+    pass
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class _StrSetting(_CurrentSetting):
+    pass
+
+
+@extend_schema_field({"type": "array", "items": {"type": "string"}})
+class _ListSetting(_CurrentSetting):
+    pass
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {"$ref": "#/components/schemas/QuorumRule"}})
+class _QuorumSetting(_CurrentSetting):
+    pass
+
+
 class PolicySerializer(serializers.ModelSerializer):
-    """A policy and the settings of its current version (reads `current_versions` from a prefetch)."""
+    """A policy with the settings of its current version at the top level under the SPEC §5 field
+    names (as POST takes them), and the same settings again under `current` with the version's
+    number, time and request."""
 
     current = serializers.SerializerMethodField()
+    version = _IntSetting("number")
+    description = _StrSetting("description")
+    algorithms = _ListSetting("algorithms")
+    originator_period_days = _IntSetting("originator_period_days", allow_null=True)
+    recipient_period_days = _IntSetting("recipient_period_days", allow_null=True)
+    auto_rotate = _BoolSetting("auto_rotate")
+    rotation_period_days = _IntSetting("rotation_period_days", allow_null=True)
+    destruction_wait_days = _IntSetting("destruction_wait_days")
+    backup = _StrSetting("backup")
+    exportable = _BoolSetting("exportable")
+    backup_private_keys = _BoolSetting("backup_private_keys")
+    quorum = _QuorumSetting("quorum")
 
     class Meta:
         model = Policy
-        fields = ["id", "name", "created_at", "current"]
+        fields = [
+            "id",
+            "name",
+            "created_at",
+            "version",
+            "description",
+            "algorithms",
+            "originator_period_days",
+            "recipient_period_days",
+            "auto_rotate",
+            "rotation_period_days",
+            "destruction_wait_days",
+            "backup",
+            "exportable",
+            "backup_private_keys",
+            "quorum",
+            "current",
+        ]
         read_only_fields = fields
 
     @extend_schema_field(PolicySettingsSerializer)

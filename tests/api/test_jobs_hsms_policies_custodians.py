@@ -336,3 +336,16 @@ def test_role_change_refusals(cast: SimpleNamespace, client: Any) -> None:
     assert_error(client.get(f"{API}/custodians/"), 401)
     assert_error(api_client(cast.svc).get(f"{API}/custodians/"), 403, "role_required")
     assert not ApprovalRequest.objects.exists()
+
+
+def test_a_policy_reads_with_the_spec_field_names_at_the_top(cast: SimpleNamespace, kms: Any) -> None:
+    """GET policies/ shows the same flat SPEC §5 fields that POST policies/ takes."""
+    body = api_client(cast.erin).get(f"{API}/policies/").json()
+    standard = next(p for p in body["results"] if p["name"] == "standard")
+    assert standard["destruction_wait_days"] == 30
+    assert standard["backup"] == "allowed"
+    assert standard["exportable"] is False
+    assert standard["quorum"]["generate"]["approvals"] == 2
+    assert standard["version"] == standard["current"]["version"] == 1
+    schema = api_client(cast.erin).get("/api/schema/?format=json").json()
+    assert "QuorumRule" in schema["components"]["schemas"]
