@@ -139,6 +139,10 @@ def _authorise(key_id: Any, client: Any, operation: str, number: int | None) -> 
     who = caller_denial(key, client, operation)
     if who is not None:
         _deny(key, client, operation, number, who)
+        if who.endswith(f"holds no grant on key {key.name}"):
+            # A service account sees only the keys it was granted (reads answer 404 for the
+            # others): key use must not confirm that the key exists or name it either.
+            raise NotFound("No such key.")
         raise Forbidden(f"You may not {operation.replace('_', ' ')} with key {key.name}: {who}.", code="not_granted")
     version = _version(key, number)
     if version is None:
