@@ -6,6 +6,7 @@ deadlocks on PostgreSQL with one that locked the key first and then records.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -50,19 +51,15 @@ def test_record_then_lock_and_lock_then_record_do_not_deadlock(kms: Any) -> None
     def record_then_lock() -> None:
         with transaction.atomic():
             record("test.first", target_type="key", target_id=key.pk)  # holds the chain head
-            try:
+            with contextlib.suppress(threading.BrokenBarrierError):
                 both_started.wait(timeout=1)  # the other thread is blocked on the head: times out
-            except threading.BrokenBarrierError:
-                pass
             Key.objects.select_for_update().get(pk=key.pk)
 
     def lock_then_record() -> None:
         with transaction.atomic():
             Key.objects.select_for_update().get(pk=key.pk)  # takes the chain head first, then the key
-            try:
+            with contextlib.suppress(threading.BrokenBarrierError):
                 both_started.wait(timeout=1)
-            except threading.BrokenBarrierError:
-                pass
             record("test.second", target_type="key", target_id=key.pk)
 
     def run(work: Any) -> None:
