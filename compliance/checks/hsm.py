@@ -79,7 +79,7 @@ def hsm_inventory(ctx: Context) -> CheckResult:
     for version in versions:
         by_hsm[version.hsm_id].append(version)
     offenders: list[Offender] = []
-    found = unknown = infrastructure = compared = mismatched = 0
+    found = unknown = copies = infrastructure = compared = mismatched = 0
     asked = 0
     for hsm in ctx.hsms():
         if hsm.retired_at is not None and not by_hsm[hsm.pk]:
@@ -109,19 +109,23 @@ def hsm_inventory(ctx: Context) -> CheckResult:
             if any(o.label in labels for o in objects):
                 infrastructure += 1
                 continue
-            unknown += 1
             kinds = ", ".join(sorted({o.object_class.replace("_", " ") for o in objects}))
             label = objects[0].label or f"CKA_ID {cka_id[:16]}"
-            if cka_id in destroyed:
-                gone = destroyed[cka_id]
-                reason = f"belongs to {_version_label(gone)}, destroyed in the console, but is still on the token"
-                offenders.append(Offender("hsm_object", f"{hsm.name}: {label}", reason, key_url(gone.key_id)))
-            elif cka_id in live_by_id:
+            if cka_id in live_by_id and cka_id not in destroyed:
+                # Left behind by a restore into another HSM (which moves the version there): a known
+                # copy, a warning, not an unknown object.
+                copies += 1
                 other = live_by_id[cka_id]
                 reason = f"a copy of {_version_label(other)}, which the console records on HSM {other.hsm.name}"
                 offenders.append(
                     Offender("hsm_object", f"{hsm.name}: {label}", reason, key_url(other.key_id), severity=WARN)
                 )
+                continue
+            unknown += 1
+            if cka_id in destroyed:
+                gone = destroyed[cka_id]
+                reason = f"belongs to {_version_label(gone)}, destroyed in the console, but is still on the token"
+                offenders.append(Offender("hsm_object", f"{hsm.name}: {label}", reason, key_url(gone.key_id)))
             else:
                 reason = f"{kinds} with CKA_ID {cka_id} that the console does not know"
                 offenders.append(Offender("hsm_object", f"{hsm.name}: {label}", reason, hsm_url(hsm.pk)))
@@ -143,6 +147,8 @@ def hsm_inventory(ctx: Context) -> CheckResult:
         f"{unknown} unknown object{'s' if unknown != 1 else ''}; key check values compared for {compared}, "
         f"{mismatched} mismatch{'es' if mismatched != 1 else ''}"
     )
+    if copies:
+        figure += f"; {copies} cop{'ies' if copies != 1 else 'y'} of versions the console records on another HSM"
     notes = [f"{infrastructure} object(s) of the console itself (labels: {', '.join(sorted(labels))})"]
     if compared < found:
         notes.append(
@@ -278,7 +284,8 @@ CHECKS = (
         "Each registered HSM is asked for every object it holds. Every key version the console records is there "
         "(both halves of a key pair), nothing is there that the console does not know (besides its own audit "
         "signing, envelope and import keys), and the key check value the HSM computes for a version matches the "
-        "one recorded when it was made: a mismatch means the key was substituted.",
+        "one recorded when it was made: a mismatch means the key was substituted. A copy that an HSM still holds "
+        "after the version was restored into another HSM is a warning.",
         hsm_inventory,
         uses_hsm=True,
     ),

@@ -27,7 +27,12 @@ from ..models import Backup, Hsm, Job, JobKind, JobStatus, Key, Policy
 from ..policies import quorum_for
 from ..services import jobs, keys
 from ..services.jobs import create_job
-from . import hsm_ops, services
+from . import hsm_ops
+from .backup import check_backup, start_backup
+from .common import version_of
+from .distribution import check_export, load_recipient_key
+from .escrow import check_kek, clean_custodians, start_escrow
+from .restore import check_restore, restore_target, start_restore
 
 ESCROW_REQUESTERS = frozenset({Role.KEY_ADMIN, Role.SECURITY_OFFICER})
 KCV_RE = re.compile(r"^[0-9a-f]{6}$|^[0-9a-f]{64}$")
@@ -38,8 +43,8 @@ def _backup_prepare(requester: Any, target_id: str, p: dict[str, Any]) -> Prepar
     _extra_none(p, "backup", {"version"})
     key = _get_key(target_id)
     keys.check_operation_allowed(key, "backup")
-    version = services.version_of(key, p.get("version"))
-    ceremony = services.check_backup(key, version)
+    version = version_of(key, p.get("version"))
+    ceremony = check_backup(key, version)
     kek = ceremony.kek_version
     return Prepared(
         target_type="key",
@@ -62,8 +67,8 @@ def _backup_execute(req: ApprovalRequest) -> Outcome:
     def start() -> Job:
         key = keys.lock_key(req.target_id)
         keys.check_operation_allowed(key, "backup")
-        version = services.version_of(key, req.parameters["version"])
-        return services.start_backup(key=key, version=version, request=req)
+        version = version_of(key, req.parameters["version"])
+        return start_backup(key=key, version=version, request=req)
 
     return _requeue_or(req, start)
 
@@ -83,8 +88,8 @@ def _backup_describe(req: ApprovalRequest) -> str:
 def _escrow_prepare(requester: Any, target_id: str, p: dict[str, Any]) -> Prepared:
     _extra_none(p, "escrow", {"custodians", "threshold"})
     key = _get_key(target_id)
-    version = services.check_kek(key)
-    users, threshold = services.clean_custodians(p.get("custodians"), p.get("threshold"))
+    version = check_kek(key)
+    users, threshold = clean_custodians(p.get("custodians"), p.get("threshold"))
     return Prepared(
         target_type="key",
         target_id=str(key.pk),
@@ -106,7 +111,7 @@ def _escrow_execute(req: ApprovalRequest) -> Outcome:
         key = keys.lock_key(req.target_id)
         if key.primary_version is None or key.primary_version.number != req.parameters["kek_version"]:
             raise Conflict(f"Key {key.name} was rotated since the request was opened; hold the ceremony again.")
-        ceremony = services.start_escrow(
+        ceremony = start_escrow(
             key=key, holders=req.parameters["custodians"], threshold=req.parameters["threshold"], request=req
         )
         return ceremony.job
@@ -147,8 +152,8 @@ def _restore_prepare(requester: Any, target_id: str, p: dict[str, Any]) -> Prepa
     key = _get_key(target_id)
     keys.check_operation_allowed(key, "restore")
     backup = _get_backup(str(key.pk), p.get("backup"))
-    ceremony = services.check_restore(backup)
-    hsm = services.restore_target(backup, p.get("hsm"))
+    ceremony = check_restore(backup)
+    hsm = restore_target(backup, p.get("hsm"))
     return Prepared(
         target_type="key",
         target_id=str(key.pk),
@@ -174,7 +179,7 @@ def _restore_execute(req: ApprovalRequest) -> Outcome:
     hsm = Hsm.objects.filter(name=req.parameters["hsm"], retired_at__isnull=True).first()
     if hsm is None:
         raise ApplicationError(f"HSM {req.parameters['hsm']} is no longer registered.")
-    restore = services.start_restore(backup=backup, hsm=hsm, request=req)
+    restore = start_restore(backup=backup, hsm=hsm, request=req)
     return Outcome(result={"restore": str(restore.pk)}, pending=True)
 
 
@@ -195,12 +200,12 @@ def _export_prepare(requester: Any, target_id: str, p: dict[str, Any]) -> Prepar
     _extra_none(p, "export", {"recipient", "recipient_public_key", "version"})
     key = _get_key(target_id)
     keys.check_operation_allowed(key, "export")
-    version = services.version_of(key, p.get("version"))
-    services.check_export(key, version)
+    version = version_of(key, p.get("version"))
+    check_export(key, version)
     recipient = p.get("recipient")
     if not isinstance(recipient, str) or not 1 <= len(recipient.strip()) <= 200:
         raise invalid("recipient", "name who receives the key (1-200 characters)")
-    pem, fingerprint = services.load_recipient_key(p.get("recipient_public_key"))
+    pem, fingerprint = load_recipient_key(p.get("recipient_public_key"))
     return Prepared(
         target_type="key",
         target_id=str(key.pk),
@@ -221,8 +226,8 @@ def _export_execute(req: ApprovalRequest) -> Outcome:
     def start() -> Job:
         key = keys.lock_key(req.target_id)
         keys.check_operation_allowed(key, "export")
-        version = services.version_of(key, req.parameters["version"])
-        services.check_export(key, version)
+        version = version_of(key, req.parameters["version"])
+        check_export(key, version)
         return create_job(
             kind=JobKind.EXPORT,
             key=key,

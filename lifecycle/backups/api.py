@@ -29,7 +29,8 @@ from kms_console.lib.errors import ApplicationError, NotFound
 from kms_console.lib.roles import Role
 
 from ..models import Backup, EscrowCeremony, EscrowShare, Export, Hsm, Restore
-from . import services
+from .distribution import export_for_download, import_key_info
+from .restore import enter_share
 
 CUSTODIAN = frozenset({Role.CUSTODIAN})
 KEY_ADMIN = frozenset({Role.KEY_ADMIN})
@@ -321,7 +322,7 @@ class RestoreViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ApiViewSe
         restore_id = uuid_or_404(pk, "restore")
         body = ShareInput(data=request.data)
         body.is_valid(raise_exception=True)
-        services.enter_share(
+        enter_share(
             restore_id=restore_id,
             user=request.user,
             share_text=body.validated_data["share"],
@@ -356,7 +357,7 @@ class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ApiViewSet
     @extend_schema(summary="Download the wrapped key (its requester only)", responses={200: ExportPayloadSerializer})
     @action(detail=True, methods=["get"])
     def download(self, request: Request, pk: str | None = None) -> Response:
-        export = services.export_for_download(export_id=uuid_or_404(pk, "export"), user=request.user)
+        export = export_for_download(export_id=uuid_or_404(pk, "export"), user=request.user)
         return Response(ExportPayloadSerializer(export).data)
 
 
@@ -381,7 +382,7 @@ class ImportViewSet(ApiViewSet):
         )
         if hsm is None:
             raise ApplicationError("hsm: no such registered HSM", code="invalid", details={"hsm": ["No such HSM."]})
-        return Response(services.import_key_info(hsm=hsm, actor=request.user))
+        return Response(import_key_info(hsm=hsm, actor=request.user))
 
     @extend_schema(
         summary="Request the import of a wrapped key (dual-controlled; a custodian confirms its check value)",

@@ -12,7 +12,7 @@ from kms_console.lib.roles import Role
 from ..hsm.base import USAGE_WRAP_UNWRAP
 from ..models import Hsm, Key
 from ..states import KeyState
-from .services import KEK_ALGORITHM
+from .escrow import KEK_ALGORITHM
 
 JUSTIFICATION_HELP = "Why is this needed? Approvers read this; it is kept in the audit trail."
 

@@ -1,16 +1,12 @@
-"""HSM steps of escrow, restore and import, built on the PKCS#11 driver's session, lock and handle cache.
+"""HSM steps of escrow, restore and import that need more than one driver call, on the driver's public API.
 
-These extend `lifecycle.hsm.pkcs11.Pkcs11Backend` for key transport; they run every library call
-through the driver's `_call` (process-wide lock, session healing) and leave key material inside the
-HSM except where noted:
+Everything here goes through public methods of `lifecycle.hsm.pkcs11.Pkcs11Backend` (which take the
+process-wide lock and use the handle cache); the key-transport primitives themselves (transient
+keys, the import of a key wrapped for the import key, restore checks of private keys) are driver
+methods. Key material stays inside the HSM except where the driver's docstrings say otherwise.
 
-- A *transient key* is an AES key of a value the console holds for one call (the recovery key of
-  an escrow, or an import's transport key), loaded as a non-extractable session object and
-  destroyed when the call ends.
-- Import: SoftHSM 2.6 accepts RSA-OAEP only with SHA-1, so the import key's raw RSA operation
-  (CKM_RSA_X_509) runs in the HSM and the OAEP(SHA-256) decoding of its output happens here; the
-  transport key it yields lives for the call only, and the key material itself is unwrapped inside
-  the HSM.
+- The *import key* of an HSM (label kms-import-key, RSA-3072, non-extractable) is made on first
+  use; senders wrap keys for it (`Pkcs11Backend.unwrap_from_sender`).
 - The *envelope key* of an HSM (label kms-share-envelope, AES-256, non-extractable) seals escrow
   shares that wait for their holder and shares entered for a restore (AES-GCM with an associated
   context that binds each to its ceremony or restore, index and holder). Every sealed value names
@@ -20,61 +16,23 @@ HSM except where noted:
 from __future__ import annotations
 
 import base64
-import contextlib
-import hashlib
-import hmac
 import secrets
 import threading
-from collections.abc import Iterator
-from typing import Any
 
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11 import exceptions as p11e
-
-from lifecycle.hsm import GeneratedKey, HsmDataError, HsmObjectNotFound, HsmOperationError, Pkcs11Backend
+from lifecycle.hsm import HsmDataError, HsmObjectNotFound, Pkcs11Backend
 from lifecycle.hsm.base import USAGE_ENCRYPT_DECRYPT, USAGE_WRAP_UNWRAP
 
 ENVELOPE_LABEL = "kms-share-envelope"
 IMPORT_KEY_LABEL = "kms-import-key"
 IMPORT_KEY_ALGORITHM = "RSA-3072"
+RESTORE_KEK_LABEL = "kms-restore-kek"  # a session object that lives for one restore call
 
 _cache_lock = threading.Lock()
 _envelopes: dict[tuple[str, str], bytes] = {}
 _import_keys: dict[tuple[str, str], bytes] = {}
 
 
-# --- Transient keys -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def transient_key(backend: Pkcs11Backend, value: bytes) -> Iterator[bytes]:
-    """Load an AES key of this value as a session object; yield its CKA_ID; destroy it afterwards."""
-    if len(value) not in (16, 24, 32):
-        raise HsmOperationError("a transient AES key must be 16, 24 or 32 bytes")
-    cka_id = secrets.token_bytes(16)
-
-    def load(state: Any) -> None:
-        obj = state.session.create_object(
-            {
-                Attribute.CLASS: ObjectClass.SECRET_KEY,
-                Attribute.KEY_TYPE: KeyType.AES,
-                Attribute.ID: cka_id,
-                Attribute.TOKEN: False,
-                Attribute.PRIVATE: True,
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-                Attribute.WRAP: True,
-                Attribute.UNWRAP: True,
-                Attribute.VALUE: value,
-            }
-        )
-        state.handles[(cka_id, ObjectClass.SECRET_KEY)] = obj
-
-    backend._call(load)
-    try:
-        yield cka_id
-    finally:
-        backend.destroy(cka_id)
+# --- Restore --------------------------------------------------------------------------------------
 
 
 def session_unwrap(backend: Pkcs11Backend, wrapping_cka_id: bytes, blob: bytes, *, algorithm: str) -> tuple[bytes, str]:
@@ -89,95 +47,13 @@ def session_unwrap(backend: Pkcs11Backend, wrapping_cka_id: bytes, blob: bytes, 
         algorithm=algorithm,
         usage=USAGE_WRAP_UNWRAP,
         new_cka_id=temp,
-        label="kms-restore-kek",
+        label=RESTORE_KEK_LABEL,
         store=False,
     )
     return temp, made.kcv
 
 
-# --- Import (bring your own key) ------------------------------------------------------------------
-
-
-def _mgf1_sha256(seed: bytes, length: int) -> bytes:
-    out = b""
-    counter = 0
-    while len(out) < length:
-        out += hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
-        counter += 1
-    return out[:length]
-
-
-def oaep_sha256_decode(em: bytes, k: int) -> bytes:
-    """EME-OAEP decoding (RFC 8017 §7.1.2) with SHA-256, MGF1-SHA-256 and an empty label.
-
-    Every failure gives the same error and the checks are combined before deciding, so the one
-    message reveals nothing about which check failed.
-    """
-    h_len = 32
-    if len(em) != k or k < 2 * h_len + 2:
-        raise HsmDataError("the encrypted transport key does not decrypt under the import key")
-    y, masked_seed, masked_db = em[0], em[1 : 1 + h_len], em[1 + h_len :]
-    seed = bytes(a ^ b for a, b in zip(masked_seed, _mgf1_sha256(masked_db, h_len), strict=True))
-    db = bytes(a ^ b for a, b in zip(masked_db, _mgf1_sha256(seed, k - h_len - 1), strict=True))
-    label_hash = hashlib.sha256(b"").digest()
-    good = hmac.compare_digest(db[:h_len], label_hash) & (y == 0)
-    rest = db[h_len:]
-    separator = rest.find(b"\x01")
-    good &= separator >= 0 and not any(rest[:separator])
-    if not good:
-        raise HsmDataError("the encrypted transport key does not decrypt under the import key")
-    return rest[separator + 1 :]
-
-
-def _raw_rsa_decrypt(backend: Pkcs11Backend, cka_id: bytes, ciphertext: bytes) -> tuple[bytes, int]:
-    def run(state: Any) -> tuple[bytes, int]:
-        private = backend._find(state, cka_id, ObjectClass.PRIVATE_KEY)
-        modulus_bytes = len(bytes(private[Attribute.MODULUS]))
-        if len(ciphertext) != modulus_bytes:
-            raise HsmDataError("the encrypted transport key has the wrong length for the import key")
-        try:
-            em = private.decrypt(ciphertext, mechanism=Mechanism.RSA_X_509)
-        except (p11e.DataInvalid, p11e.DataLenRange, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange):
-            raise HsmDataError("the encrypted transport key does not decrypt under the import key") from None
-        return bytes(em).rjust(modulus_bytes, b"\x00"), modulus_bytes
-
-    return backend._call(run)
-
-
-def unwrap_from_sender(
-    backend: Pkcs11Backend,
-    import_cka_id: bytes,
-    encrypted_transport_key: bytes,
-    wrapped_key: bytes,
-    *,
-    algorithm: str,
-    usage: str,
-    new_cka_id: bytes,
-    label: str,
-    extractable: bool,
-) -> GeneratedKey:
-    """Import key material sent as RSA-OAEP-SHA256(transport key) + AES-KW(transport key, key).
-
-    Idempotent: when an object with `new_cka_id` exists already, it is returned (created=False).
-    """
-    existing = backend.lookup(new_cka_id, algorithm)
-    if existing is not None:
-        return existing
-    em, k = _raw_rsa_decrypt(backend, import_cka_id, encrypted_transport_key)
-    transport = oaep_sha256_decode(em, k)
-    if len(transport) not in (16, 24, 32):
-        raise HsmDataError("the transport key must be an AES key of 128, 192 or 256 bits")
-    with transient_key(backend, transport) as transport_id:
-        return backend.unwrap(
-            transport_id,
-            wrapped_key,
-            algorithm=algorithm,
-            usage=usage,
-            new_cka_id=new_cka_id,
-            label=label,
-            extractable=extractable,
-            store=True,
-        )
+# --- The import key ---------------------------------------------------------------------------
 
 
 def _labelled(

@@ -14,13 +14,18 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from ..hsm import HsmDataError, HsmError, HsmOperationError, get_algorithm
+from ..hsm import HsmDataError, HsmError, HsmOperationError
 from ..models import Backup, EscrowCeremony, Job, JobKind, KeyVersion, Restore
 from ..services import keys
 from ..services.jobs import JobHandler, register_job_handler
 from ..services.steps import DESTRUCTION_HOOKS, object_label
-from . import hsm_ops, services, shares
-from .services import b64, unb64
+from . import hsm_ops, shares
+from .backup import record_backup
+from .common import b64, unb64
+from .destruction import destroy_backups
+from .distribution import record_export
+from .escrow import KEK_ALGORITHM, record_escrow, share_context
+from .restore import fail_restore, record_restore, restore_material
 
 # --- Backup ---------------------------------------------------------------------------------------
 
@@ -30,19 +35,19 @@ def _backup_run(job: Job) -> dict[str, Any]:
     kek = KeyVersion.objects.get(pk=job.params["kek_version_id"])
     backend = version.hsm.backend()
     wrapped = backend.wrap(kek.cka_id_bytes, version.cka_id_bytes)
-    verified = False
-    if not get_algorithm(job.key.algorithm).asymmetric:
-        # Prove the blob restores before keeping it: unwrap into a session object, compare KCVs.
-        kcv = backend.unwrap_check(kek.cka_id_bytes, wrapped, algorithm=job.key.algorithm)
-        if kcv != version.kcv:
-            raise HsmDataError(f"the test restore of the new backup gave check value {kcv}, not {version.kcv}")
-        verified = True
-    return {"backup_id": job.params["backup_id"], "kcv": version.kcv, "verified": verified, "wrapped": b64(wrapped)}
+    # Prove the blob restores before keeping it: unwrap into a session object and compare key check
+    # values (a private key first proves, by signing, that it belongs to the version's public key).
+    kcv = backend.unwrap_check(
+        kek.cka_id_bytes, wrapped, algorithm=job.key.algorithm, public_key_pem=version.public_key_pem
+    )
+    if kcv != version.kcv:
+        raise HsmDataError(f"the test restore of the new backup gave check value {kcv}, not {version.kcv}")
+    return {"backup_id": job.params["backup_id"], "kcv": version.kcv, "verified": True, "wrapped": b64(wrapped)}
 
 
 def _backup_complete(job: Job, result: dict[str, Any]) -> None:
     wrapped = unb64(result.pop("wrapped"))
-    services.record_backup(job, wrapped=wrapped, kcv=result["kcv"], verified=result["verified"])
+    record_backup(job, wrapped=wrapped, kcv=result["kcv"], verified=result["verified"])
 
 
 # --- Escrow ---------------------------------------------------------------------------------------
@@ -56,7 +61,7 @@ def _escrow_run(job: Job) -> dict[str, Any]:
     backend = kek.hsm.backend()
     recovery_key = secrets.token_bytes(shares.RECOVERY_KEY_BYTES)
     try:
-        with hsm_ops.transient_key(backend, recovery_key) as recovery_id:
+        with backend.transient_key(recovery_key) as recovery_id:
             wrapped_kek = backend.wrap(recovery_id, kek.cka_id_bytes)
         made = shares.split(recovery_key, ceremony.threshold, ceremony.share_count, ceremony.pk)
         holders = dict(ceremony.shares.values_list("index", "holder_id"))
@@ -65,7 +70,7 @@ def _escrow_run(job: Job) -> dict[str, Any]:
                 "index": share.index,
                 "fingerprint": share.fingerprint,
                 "sealed": hsm_ops.seal(
-                    backend, share.value, services.share_context(ceremony.pk, share.index, holders[share.index])
+                    backend, share.value, share_context(ceremony.pk, share.index, holders[share.index])
                 ),
             }
             for share in made
@@ -82,7 +87,7 @@ def _escrow_run(job: Job) -> dict[str, Any]:
 
 
 def _escrow_complete(job: Job, result: dict[str, Any]) -> None:
-    services.record_escrow(job, result)
+    record_escrow(job, result)
     result.pop("wrapped_kek")
     # Keep only the fingerprints in the job row and the audit trail.
     result["fingerprints"] = {str(s["index"]): s["fingerprint"] for s in result.pop("sealed_shares")}
@@ -91,30 +96,48 @@ def _escrow_complete(job: Job, result: dict[str, Any]) -> None:
 # --- Restore --------------------------------------------------------------------------------------
 
 
+def _is_the_backed_up_key(backend: Any, kcv: str, backup: Backup) -> bool:
+    """An object already under the version's CKA_ID is the backed-up key: same check value and, for a
+    pair, a private key that signs for the recorded public key (the public half alone proves nothing)."""
+    version = backup.version
+    if kcv != backup.kcv:
+        return False
+    if not version.key.is_asymmetric:
+        return True
+    try:
+        backend.prove_key_pair(version.cka_id_bytes, version.key.algorithm, version.public_key_pem)
+    except HsmDataError:
+        return False
+    return True
+
+
 def _restore_attempt(job: Job, restore: Restore) -> dict[str, Any]:
-    """1. If the target already holds the version's object with the right KCV, done (a re-run).
+    """1. If the target already holds the version's object with the right KCV, done (a re-run); a
+       private key must also prove, by signing, that it belongs to the version's public key.
     2. Unseal the entered shares and recombine the recovery key; check its fingerprint.
     3. Unwrap the KEK under it into a session object; check the KEK's KCV.
     4. Unwrap the backup under the KEK into a token object with the version's CKA_ID; check the KCV,
-       and destroy the object again if it does not match (nothing is left half-restored)."""
+       and destroy the object again if it does not match (nothing is left half-restored). A private
+       key is checked against the version's recorded public key inside the driver, which also makes
+       the public-key object from that PEM when the target HSM lacks it (so the version verifies there)."""
     backup = Backup.objects.select_related("version__key", "kek_version").get(pk=job.params["backup_id"])
     version, key = backup.version, backup.version.key
     backend = restore.target_hsm.backend()
     existing = backend.lookup(version.cka_id_bytes, key.algorithm)
     if existing is not None:
-        if existing.kcv != backup.kcv:
+        if not _is_the_backed_up_key(backend, existing.kcv, backup):
             raise HsmOperationError(
                 f"HSM {restore.target_hsm.name} holds another object under this version's CKA_ID; nothing was restored"
             )
-        return {"kcv": existing.kcv, "created": False, "hsm": restore.target_hsm.name}
-    entered = services.restore_material(restore)
+        return {"kcv": backup.kcv, "created": False, "hsm": restore.target_hsm.name}
+    entered = restore_material(restore)
     recovery_key = shares.combine(entered)
     try:
         if shares.recovery_fingerprint(recovery_key) != restore.ceremony.recovery_fingerprint:
             raise HsmDataError("the entered shares do not combine to the escrowed recovery key")
-        with hsm_ops.transient_key(backend, recovery_key) as recovery_id:
+        with backend.transient_key(recovery_key) as recovery_id:
             kek_id, kek_kcv = hsm_ops.session_unwrap(
-                backend, recovery_id, unb64(restore.ceremony.wrapped_kek), algorithm=services.KEK_ALGORITHM
+                backend, recovery_id, unb64(restore.ceremony.wrapped_kek), algorithm=KEK_ALGORITHM
             )
     finally:
         del recovery_key
@@ -130,15 +153,18 @@ def _restore_attempt(job: Job, restore: Restore) -> dict[str, Any]:
             label=object_label(key, version),
             extractable=version.extractable,
             store=True,
+            public_key_pem=version.public_key_pem,
         )
     finally:
         backend.destroy(kek_id)
     if made.kcv != backup.kcv:
-        backend.destroy(version.cka_id_bytes)
+        if made.created:
+            backend.destroy(version.cka_id_bytes)
         raise HsmDataError(
-            f"the restored key's check value {made.kcv} differs from the backup's {backup.kcv}; the object was removed"
+            f"the restored key's check value {made.kcv or 'none'} differs from the backup's {backup.kcv}; "
+            "nothing was restored"
         )
-    return {"kcv": made.kcv, "created": True, "hsm": restore.target_hsm.name}
+    return {"kcv": made.kcv, "created": made.created, "hsm": restore.target_hsm.name}
 
 
 def _restore_run(job: Job) -> dict[str, Any]:
@@ -147,16 +173,16 @@ def _restore_run(job: Job) -> dict[str, Any]:
         return _restore_attempt(job, restore)
     except HsmError as exc:
         if not exc.transient:
-            services.fail_restore(restore.pk, exc.message)
+            fail_restore(restore.pk, exc.message)
         raise
     except Exception as exc:
         message = getattr(exc, "message", "the restore could not be carried out")
-        services.fail_restore(restore.pk, message)
+        fail_restore(restore.pk, message)
         raise
 
 
 def _restore_complete(job: Job, result: dict[str, Any]) -> None:
-    services.record_restore(job, result)
+    record_restore(job, result)
 
 
 # --- Export ---------------------------------------------------------------------------------------
@@ -175,7 +201,7 @@ def _export_run(job: Job) -> dict[str, Any]:
 
 
 def _export_complete(job: Job, result: dict[str, Any]) -> None:
-    services.record_export(job, result)
+    record_export(job, result)
     result.pop("encrypted_transport_key")
     result.pop("wrapped_key")
 
@@ -187,8 +213,7 @@ def _import_run(job: Job) -> dict[str, Any]:
     key, version = job.key, job.version
     p = job.request.parameters
     backend = version.hsm.backend()
-    made = hsm_ops.unwrap_from_sender(
-        backend,
+    made = backend.unwrap_from_sender(
         bytes.fromhex(p["import_key"]),
         unb64(p["encrypted_transport_key"]),
         unb64(p["wrapped_key"]),
@@ -212,8 +237,8 @@ def _import_complete(job: Job, result: dict[str, Any]) -> None:
 
 
 def register() -> None:
-    if services.destroy_backups not in DESTRUCTION_HOOKS:
-        DESTRUCTION_HOOKS.append(services.destroy_backups)
+    if destroy_backups not in DESTRUCTION_HOOKS:
+        DESTRUCTION_HOOKS.append(destroy_backups)
     register_job_handler(JobKind.BACKUP, JobHandler(run=_backup_run, complete=_backup_complete))
     register_job_handler(JobKind.ESCROW, JobHandler(run=_escrow_run, complete=_escrow_complete))
     register_job_handler(JobKind.RESTORE, JobHandler(run=_restore_run, complete=_restore_complete))

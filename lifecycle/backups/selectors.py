@@ -11,7 +11,11 @@ from ..models.backups import LIVE_CEREMONY_STATES
 
 
 def backup_list() -> QuerySet[Backup]:
-    return Backup.objects.select_related("version__key", "kek_version__key").order_by("-created_at", "id")
+    """Backups newest first, with their versions, keys and KEKs (one query). Lists never show the
+    wrapped blob, so it is not read."""
+    return (
+        Backup.objects.select_related("version__key", "kek_version__key").defer("wrapped").order_by("-created_at", "id")
+    )
 
 
 def backups_for_key(key: Key) -> QuerySet[Backup]:

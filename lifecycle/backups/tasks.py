@@ -9,19 +9,21 @@ from celery import shared_task
 
 from audit.context import acting
 
-from . import services
+from . import restore
+from .backup import verify_sample
 
 
 @shared_task(ignore_result=True)
 def verify_backups() -> dict[str, int]:
     """Restore-test the least recently verified backups into session objects (KCV must match)."""
     with acting(None, via="beat"):
-        counts = services.verify_sample()
-        counts["restores_closed"] = services.expire_restores()
+        counts = verify_sample()
+        counts["restores_closed"] = restore.expire_restores()
         return counts
 
 
 @shared_task(ignore_result=True)
 def expire_restores() -> int:
+    """Close share windows that ran out and end restores whose job failed for good."""
     with acting(None, via="beat"):
-        return services.expire_restores()
+        return restore.expire_restores()

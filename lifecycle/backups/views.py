@@ -21,7 +21,9 @@ from kms_console.lib.roles import Role
 from kms_console.lib.web import add_service_error, console_view, paginate
 
 from ..models import Backup, EscrowCeremony, EscrowShare, Hsm, Key, Restore
-from . import selectors, services
+from . import selectors
+from .distribution import import_key_info
+from .escrow import current_ceremony, custody_gaps, retrieve_share
 from .forms import (
     BackupRequestForm,
     EscrowForm,
@@ -30,6 +32,7 @@ from .forms import (
     ShareEntryForm,
     ShareRetrieveForm,
 )
+from .restore import enter_share
 
 KEY_ADMIN = Role.KEY_ADMIN
 CEREMONY_REQUESTERS = (Role.KEY_ADMIN, Role.SECURITY_OFFICER)
@@ -42,7 +45,7 @@ def _request_page(req: Any) -> str:
 @console_view()
 def index(request: HttpRequest) -> HttpResponse:
     """The backup KEK and its escrow, custody gaps, shares and restores waiting for the user, backups."""
-    ceremony = services.current_ceremony()
+    ceremony = current_ceremony()
     if ceremony is not None:
         ceremony = (
             EscrowCeremony.objects.select_related("kek_version__key")
@@ -51,7 +54,7 @@ def index(request: HttpRequest) -> HttpResponse:
         )
     context = {
         "ceremony": ceremony,
-        "gaps": services.custody_gaps(),
+        "gaps": custody_gaps(),
         "my_shares": list(selectors.shares_waiting_for(request.user)),
         "restores": list(selectors.open_restores()),
         "page": paginate(request, selectors.backup_list()),
@@ -118,7 +121,7 @@ def share_retrieve(request: HttpRequest, ceremony_id: uuid.UUID, index: int) -> 
     form = ShareRetrieveForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            text = services.retrieve_share(share_id=share.pk, user=request.user, otp=form.cleaned_data["otp"])
+            text = retrieve_share(share_id=share.pk, user=request.user, otp=form.cleaned_data["otp"])
         except ApplicationError as exc:
             add_service_error(form, exc, default_field="otp" if exc.code == "otp_invalid" else None)
         else:
@@ -217,7 +220,7 @@ def restore_detail(request: HttpRequest, restore_id: uuid.UUID) -> HttpResponse:
             raise PermissionDenied("Only custodians enter shares.")
         if form.is_valid():
             try:
-                services.enter_share(
+                enter_share(
                     restore_id=restore.pk,
                     user=request.user,
                     share_text=form.cleaned_data["share"],
@@ -241,7 +244,7 @@ def import_key(request: HttpRequest) -> HttpResponse:
     if hsm is None:
         raise Http404("No HSM is registered.")
     try:
-        info = services.import_key_info(hsm=hsm, actor=request.user)
+        info = import_key_info(hsm=hsm, actor=request.user)
     except ApplicationError as exc:
         messages.error(request, exc.message)
         info = None

@@ -19,6 +19,7 @@ never put into a message, log record or exception.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -29,20 +30,22 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pkcs11
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
-from cryptography.hazmat.primitives.asymmetric import rsa
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 from pkcs11.constants import DEFAULT, MechanismFlag
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import (
+    decode_ec_public_key,
     decode_ecdsa_signature,
     encode_ec_public_key,
     encode_ecdsa_signature,
@@ -67,6 +70,7 @@ from .base import (
     ObjectInfo,
     get_algorithm,
 )
+from .oaep import oaep_sha256_decode
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +80,8 @@ GCM_NONCE_BYTES = 12
 OPEN_ATTEMPTS = 5
 GCM_TAG_BYTES = 16
 ZERO_BLOCK = bytes(16)
+# A private key proves which public key it belongs to by signing this prefix and fresh random bytes.
+PROOF_MESSAGE_PREFIX = b"kms-key-pair-proof:"
 
 # Failures that mean "this session (or the library state behind it) is gone": drop it, open a
 # new one and try the call once more.
@@ -583,25 +589,26 @@ class Pkcs11Backend:
     def _ec_digest(alg: Algorithm, message: bytes) -> bytes:
         return hashlib.sha384(message).digest() if alg.bits == 384 else hashlib.sha256(message).digest()
 
+    def _sign_with(self, priv: Any, alg: Algorithm, message: bytes) -> bytes:
+        """Sign with a private-key object (the caller holds the process lock)."""
+        if alg.family == "rsa":
+            return priv.sign(
+                message,
+                mechanism=Mechanism.SHA256_RSA_PKCS_PSS,
+                mechanism_param=(Mechanism.SHA256, MGF.SHA256, 32),
+            )
+        if alg.family == "ec":
+            # SoftHSM lacks ECDSA_SHA512 (the library default): hash here, sign the digest.
+            raw = priv.sign(self._ec_digest(alg, message), mechanism=Mechanism.ECDSA)
+            return encode_ecdsa_signature(raw)
+        raise HsmOperationError(f"{alg.name} keys do not sign")
+
     def sign(self, cka_id: bytes, algorithm: str, message: bytes) -> bytes:
         """RSA-PSS with SHA-256 (salt 32), or ECDSA with SHA-256/384 as a DER signature."""
         alg = get_algorithm(algorithm)
-
-        def run(state: _TokenState) -> bytes:
-            priv = self._find(state, cka_id, ObjectClass.PRIVATE_KEY)
-            if alg.family == "rsa":
-                return priv.sign(
-                    message,
-                    mechanism=Mechanism.SHA256_RSA_PKCS_PSS,
-                    mechanism_param=(Mechanism.SHA256, MGF.SHA256, 32),
-                )
-            if alg.family == "ec":
-                # SoftHSM lacks ECDSA_SHA512 (the library default): hash here, sign the digest.
-                raw = priv.sign(self._ec_digest(alg, message), mechanism=Mechanism.ECDSA)
-                return encode_ecdsa_signature(raw)
-            raise HsmOperationError(f"{alg.name} keys do not sign")
-
-        return self._call(run)
+        return self._call(
+            lambda state: self._sign_with(self._find(state, cka_id, ObjectClass.PRIVATE_KEY), alg, message)
+        )
 
     def verify(self, cka_id: bytes, algorithm: str, message: bytes, signature: bytes) -> bool:
         alg = get_algorithm(algorithm)
@@ -699,12 +706,37 @@ class Pkcs11Backend:
         label: str,
         extractable: bool = False,
         store: bool = True,
+        public_key_pem: str = "",
     ) -> GeneratedKey:
-        """Unwrap a secret key under an AES KEK into a new object (a token object unless store=False)."""
+        """Unwrap a key under an AES KEK into a new object (a token object unless store=False).
+
+        Secret keys: the HSM computes the key check value of the new object.
+
+        Private keys (RSA, EC; the padded key wrap). A private-key object carries no public key, so:
+        1. The public key it belongs to is settled: `public_key_pem` when given (what the version
+           recorded); otherwise, for RSA, the one rebuilt from the private object's modulus and
+           exponent. An EC private key without `public_key_pem` gets no key check value ("").
+        2. The new private key signs a fresh test message, verified in software against that public
+           key (`prove_key_pair`); an RSA key's modulus and exponent must also be the PEM's.
+        3. A token unwrap makes the public-key object under the same CKA_ID when the token lacks it;
+           one that is there must hold that same public key.
+        The key check value is the SHA-256 of the public key's SubjectPublicKeyInfo DER, as for a
+        generated pair. If a check fails, the new private object is destroyed again and HsmDataError
+        raised. If the token holds a private key under `new_cka_id` already (a re-run that stopped
+        before the public half was made), it is checked and completed instead of unwrapped twice
+        (created=False).
+        """
         alg = get_algorithm(algorithm)
+        expected = self._expected_public(alg, public_key_pem) if public_key_pem else None
         object_class, key_type, caps, mechanism, template = self._unwrap_template(alg, usage, extractable, store)
 
         def run(state: _TokenState) -> GeneratedKey:
+            if alg.asymmetric and store:
+                earlier = self._find_or_none(state, new_cka_id, ObjectClass.PRIVATE_KEY)
+                if earlier is not None:
+                    return self._complete_key_pair(
+                        state, earlier, alg, new_cka_id, label=label, expected=expected, store=store, created=False
+                    )
             kek = self._find(state, wrapping_cka_id, ObjectClass.SECRET_KEY)
             try:
                 obj = kek.unwrap_key(
@@ -721,16 +753,34 @@ class Pkcs11Backend:
             except _BAD_WRAPPED:
                 raise HsmDataError("the wrapped key does not unwrap under this KEK") from None
             state.handles[(new_cka_id, object_class)] = obj
-            kcv = self._kcv(state, new_cka_id, alg) if not alg.asymmetric else ""
-            return GeneratedKey(cka_id=new_cka_id, kcv=kcv, created=True)
+            if not alg.asymmetric:
+                return GeneratedKey(cka_id=new_cka_id, kcv=self._kcv(state, new_cka_id, alg), created=True)
+            try:
+                return self._complete_key_pair(
+                    state, obj, alg, new_cka_id, label=label, expected=expected, store=store, created=True
+                )
+            except BaseException:
+                # Nothing is left half-restored: the private key that did not check out goes again.
+                state.handles.pop((new_cka_id, ObjectClass.PRIVATE_KEY), None)
+                try:
+                    obj.destroy()
+                except p11e.PKCS11Error:
+                    logger.warning("could not destroy an unwrapped private key that failed its check")
+                raise
 
         return self._call(run)
 
-    def unwrap_check(self, wrapping_cka_id: bytes, blob: bytes, *, algorithm: str) -> str:
-        """Unwrap into a session object, return its key check value, destroy it: a restore test."""
+    def unwrap_check(self, wrapping_cka_id: bytes, blob: bytes, *, algorithm: str, public_key_pem: str = "") -> str:
+        """Restore test: unwrap into a session object, return its key check value, destroy it.
+
+        For a private key the value is the SHA-256 of the public key it proved to match by signing
+        (see `unwrap`): `public_key_pem` (required for EC, whose private object names no public
+        key; used when given for RSA, else the public key rebuilt from the modulus). A private key
+        that does not match raises HsmDataError.
+        """
         alg = get_algorithm(algorithm)
-        if alg.asymmetric:
-            raise HsmOperationError("restore tests of private keys compare public keys instead")
+        if alg.family == "ec" and not public_key_pem:
+            raise HsmOperationError("a restore test of an EC private key needs the public key it must match")
         temp_id = secrets.token_bytes(16)
         with _hsm_lock():
             try:
@@ -738,20 +788,162 @@ class Pkcs11Backend:
                     wrapping_cka_id,
                     blob,
                     algorithm=algorithm,
-                    usage=USAGE_ENCRYPT_DECRYPT,
+                    usage=USAGE_SIGN_VERIFY if alg.asymmetric else USAGE_ENCRYPT_DECRYPT,
                     new_cka_id=temp_id,
                     label="restore-test",
                     store=False,
+                    public_key_pem=public_key_pem,
                 ).kcv
             finally:
                 self._call(lambda state: self._destroy_session_object(state, temp_id))
 
     def _destroy_session_object(self, state: _TokenState, cka_id: bytes) -> None:
-        for cache_key in [k for k in state.handles if k[0] == cka_id]:
+        """Destroy this process's session objects under `cka_id` (cached handles first, else a search)."""
+        cached = [k for k in state.handles if k[0] == cka_id]
+        objects = [state.handles.pop(k) for k in cached]
+        if not objects:
+            # The handle cache was cleared meanwhile (a stale handle elsewhere): find the object.
+            objects = list(state.session.get_objects({Attribute.ID: cka_id, Attribute.TOKEN: False}))
+        for obj in objects:
             try:
-                state.handles.pop(cache_key).destroy()
+                obj.destroy()
             except p11e.PKCS11Error:
                 logger.warning("could not destroy a temporary session object")
+
+    # -- key pairs: which public key a private key belongs to ------------------------------------
+
+    def _find_or_none(self, state: _TokenState, cka_id: bytes, object_class: ObjectClass) -> Any:
+        try:
+            return self._find(state, cka_id, object_class)
+        except HsmObjectNotFound:
+            return None
+
+    @staticmethod
+    def _expected_public(alg: Algorithm, public_key_pem: str) -> Any:
+        """Load the public key a private key must match; it must be of the algorithm's family and size."""
+        try:
+            public = serialization.load_pem_public_key(public_key_pem.encode())
+        except (ValueError, TypeError):
+            raise HsmDataError("the recorded public key is not a PEM public key") from None
+        if alg.family == "rsa" and isinstance(public, rsa.RSAPublicKey) and public.key_size == alg.bits:
+            return public
+        if alg.family == "ec" and isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == alg.curve:
+            return public
+        raise HsmDataError(f"the recorded public key is not an {alg.name} public key")
+
+    @staticmethod
+    def _spki_der(public: Any) -> bytes:
+        return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def _software_verify(self, public: Any, alg: Algorithm, message: bytes, signature: bytes) -> bool:
+        """Verify one of this driver's signatures (`_sign_with`) with the `cryptography` library."""
+        try:
+            if alg.family == "rsa":
+                public.verify(
+                    signature,
+                    message,
+                    asym_padding.PSS(mgf=asym_padding.MGF1(hashes.SHA256()), salt_length=32),
+                    hashes.SHA256(),
+                )
+            else:
+                public.verify(signature, message, ec.ECDSA(hashes.SHA384() if alg.bits == 384 else hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
+
+    def _prove(self, priv: Any, alg: Algorithm, public: Any) -> None:
+        """The private-key object signs a fresh message that `public` verifies, or HsmDataError."""
+        message = PROOF_MESSAGE_PREFIX + secrets.token_bytes(32)
+        try:
+            signature = self._sign_with(priv, alg, message)
+        except (p11e.KeyFunctionNotPermitted, p11e.KeyTypeInconsistent, p11e.MechanismInvalid):
+            raise HsmDataError(
+                "the private key cannot sign, so it cannot prove which public key it belongs to"
+            ) from None
+        if not self._software_verify(public, alg, message, signature):
+            raise HsmDataError("the private key does not belong to the recorded public key")
+
+    def _complete_key_pair(
+        self,
+        state: _TokenState,
+        priv: Any,
+        alg: Algorithm,
+        cka_id: bytes,
+        *,
+        label: str,
+        expected: Any,
+        store: bool,
+        created: bool,
+    ) -> GeneratedKey:
+        """Steps 1-3 of `unwrap` for a private-key object: settle and prove its public key, complete the pair."""
+        public = expected
+        exponent = self._attr(priv, Attribute.PUBLIC_EXPONENT) if alg.family == "rsa" else None
+        modulus = self._attr(priv, Attribute.MODULUS) if alg.family == "rsa" else None
+        if exponent and modulus:  # an HSM may keep them from us; the signature below still decides
+            rebuilt = rsa.RSAPublicNumbers(int.from_bytes(exponent, "big"), int.from_bytes(modulus, "big")).public_key()
+            if expected is not None and rebuilt.public_numbers() != expected.public_numbers():
+                raise HsmDataError("the private key does not belong to the recorded public key")
+            public = rebuilt
+        if public is None:
+            return GeneratedKey(cka_id=cka_id, kcv="", created=created)
+        self._prove(priv, alg, public)
+        der = self._spki_der(public)
+        if store:
+            present = self._find_or_none(state, cka_id, ObjectClass.PUBLIC_KEY)
+            if present is None:
+                made = state.session.create_object(self._public_template(alg, public, cka_id, label))
+                state.handles[(cka_id, ObjectClass.PUBLIC_KEY)] = made
+            elif self._public_der(state, cka_id, alg) != der:
+                raise HsmDataError(f"the token holds another public key under CKA_ID {cka_id.hex()}")
+        pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        return GeneratedKey(cka_id=cka_id, kcv=hashlib.sha256(der).hexdigest(), public_key_pem=pem, created=created)
+
+    @staticmethod
+    def _public_template(alg: Algorithm, public: Any, cka_id: bytes, label: str) -> dict[Attribute, Any]:
+        """A token public-key object as `generate` makes it for a sign_verify pair (verify only)."""
+        template: dict[Attribute, Any] = {
+            Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+            Attribute.ID: cka_id,
+            Attribute.LABEL: label,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: False,
+            Attribute.VERIFY: True,
+            Attribute.ENCRYPT: False,
+            Attribute.WRAP: False,
+        }
+        if alg.family == "rsa":
+            numbers = public.public_numbers()
+            template.update(
+                {
+                    Attribute.KEY_TYPE: KeyType.RSA,
+                    Attribute.MODULUS: numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"),
+                    Attribute.PUBLIC_EXPONENT: numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"),
+                }
+            )
+        else:
+            # KEY_TYPE, CLASS, EC_PARAMS (named curve) and EC_POINT (DER OCTET STRING) from the SPKI.
+            template.update(decode_ec_public_key(Pkcs11Backend._spki_der(public), encode_ec_point=True))
+        return template
+
+    def prove_key_pair(self, cka_id: bytes, algorithm: str, public_key_pem: str) -> str:
+        """Prove that the token's private key under `cka_id` belongs to `public_key_pem`.
+
+        The private key signs a fresh test message inside the HSM and the signature is verified in
+        software against the PEM (so a substituted private key is caught even when the public-key
+        object beside it is the right one). Returns the public key's key check value (SHA-256 of its
+        SubjectPublicKeyInfo DER); raises HsmDataError when they do not belong together and
+        HsmObjectNotFound when there is no private key.
+        """
+        alg = get_algorithm(algorithm)
+        if not alg.asymmetric:
+            raise HsmOperationError(f"{alg.name} keys have no key pair")
+        public = self._expected_public(alg, public_key_pem)
+
+        def run(state: _TokenState) -> str:
+            self._prove(self._find(state, cka_id, ObjectClass.PRIVATE_KEY), alg, public)
+            return hashlib.sha256(self._spki_der(public)).hexdigest()
+
+        return self._call(run)
 
     def wrap_for_recipient(self, cka_id: bytes, recipient_public_pem: str) -> tuple[bytes, bytes]:
         """Export a key for a recipient's RSA key: RSA-OAEP (SHA-256) of a fresh AES-256 transport
@@ -796,6 +988,108 @@ class Pkcs11Backend:
                 wrapper.destroy()
 
         return encrypted_transport, self._call(run)
+
+    # -- key transport: transient keys and imports ------------------------------------------------
+
+    @contextlib.contextmanager
+    def transient_key(self, value: bytes) -> Iterator[bytes]:
+        """Load an AES key of this value as a session object for one block; yield its CKA_ID.
+
+        For a key the console holds in memory for one call only: the recovery key of an escrow
+        ceremony or a restore, an import's transport key. The object is sensitive, non-extractable,
+        may wrap and unwrap, lives in this process's session only (never on the token), and is
+        destroyed when the block ends, also when it raises. Its handle is cached like any other, so
+        `wrap` and `unwrap` under it do not search the token.
+        """
+        if len(value) not in (16, 24, 32):
+            raise HsmOperationError("a transient AES key must be 16, 24 or 32 bytes")
+        cka_id = secrets.token_bytes(16)
+
+        def load(state: _TokenState) -> None:
+            obj = state.session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.SECRET_KEY,
+                    Attribute.KEY_TYPE: KeyType.AES,
+                    Attribute.ID: cka_id,
+                    Attribute.TOKEN: False,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.WRAP: True,
+                    Attribute.UNWRAP: True,
+                    Attribute.VALUE: value,
+                }
+            )
+            state.handles[(cka_id, ObjectClass.SECRET_KEY)] = obj
+
+        self._call(load)
+        try:
+            yield cka_id
+        finally:
+            self._call(lambda state: self._destroy_session_object(state, cka_id))
+
+    def _raw_rsa_decrypt(self, state: _TokenState, cka_id: bytes, ciphertext: bytes) -> tuple[bytes, int]:
+        """RSA without padding (CKM_RSA_X_509) under the private key; returns (EM, modulus length).
+
+        Private to the driver: the OAEP decoding of its output happens in `unwrap_from_sender`, so
+        no caller gets a raw RSA decryption oracle.
+        """
+        private = self._find(state, cka_id, ObjectClass.PRIVATE_KEY)
+        modulus_bytes = len(bytes(private[Attribute.MODULUS]))
+        if len(ciphertext) != modulus_bytes:
+            raise HsmDataError("the encrypted transport key has the wrong length for the import key")
+        try:
+            em = private.decrypt(ciphertext, mechanism=Mechanism.RSA_X_509)
+        except (p11e.DataInvalid, p11e.DataLenRange, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange):
+            raise HsmDataError("the encrypted transport key does not decrypt under the import key") from None
+        return bytes(em).rjust(modulus_bytes, b"\x00"), modulus_bytes
+
+    def unwrap_from_sender(
+        self,
+        import_cka_id: bytes,
+        encrypted_transport_key: bytes,
+        wrapped_key: bytes,
+        *,
+        algorithm: str,
+        usage: str,
+        new_cka_id: bytes,
+        label: str,
+        extractable: bool = False,
+    ) -> GeneratedKey:
+        """Import a secret key sent the way `wrap_for_recipient` sends one, to an RSA import key.
+
+        The sender encrypts a fresh AES transport key with RSA-OAEP (SHA-256, MGF1-SHA-256, empty
+        label) under the public half of `import_cka_id`, and wraps the key under the transport key
+        (AES key wrap, RFC 3394). SoftHSM 2.6 decrypts OAEP only with SHA-1, so the raw RSA step
+        runs in the HSM and the OAEP decoding here; the transport key then lives for this call only,
+        as a `transient_key`, and the imported key is unwrapped inside the HSM into a token object.
+
+        Idempotent: when an object with `new_cka_id` exists already it is returned (created=False).
+        Every way the blobs can fail to check out raises HsmDataError.
+        """
+        alg = get_algorithm(algorithm)
+        if alg.asymmetric:
+            raise HsmOperationError("only secret keys (AES, HMAC) are imported")
+        # One lock across look-up and unwrap: two threads of this process never import one CKA_ID twice.
+        with _hsm_lock():
+            existing = self.lookup(new_cka_id, algorithm)
+            if existing is not None:
+                return existing
+            em, k = self._call(lambda state: self._raw_rsa_decrypt(state, import_cka_id, encrypted_transport_key))
+            transport = oaep_sha256_decode(em, k)
+            if len(transport) not in (16, 24, 32):
+                raise HsmDataError("the transport key must be an AES key of 128, 192 or 256 bits")
+            with self.transient_key(transport) as transport_id:
+                return self.unwrap(
+                    transport_id,
+                    wrapped_key,
+                    algorithm=algorithm,
+                    usage=usage,
+                    new_cka_id=new_cka_id,
+                    label=label,
+                    extractable=extractable,
+                    store=True,
+                )
 
     # -- inventory and health ----------------------------------------------------------------------
 

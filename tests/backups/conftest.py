@@ -15,10 +15,14 @@ from django.utils import timezone
 
 from approvals.models import ApprovalRequest
 from approvals.services import open_request
-from lifecycle.backups import services
+from lifecycle.backups.escrow import retrieve_share
+from lifecycle.backups.restore import enter_share
 from lifecycle.models import Backup, EscrowCeremony, Hsm, Key
 from tests.conftest import approve, fresh_otp
 from tests.lifecycle.helpers import generate_key, on_commit, run_operation
+
+# Playwright on Debian's Chromium, configured once in tests/ui (fixtures are found by name here).
+from tests.ui.conftest import browser_context_args, browser_type_launch_args  # noqa: F401
 
 
 @pytest.fixture
@@ -71,9 +75,7 @@ def take_shares(ceremony: EscrowCeremony, clock: Any) -> dict[str, str]:
     texts = {}
     for share in ceremony.shares.select_related("holder").order_by("index"):
         holder = share.holder
-        texts[holder.get_username()] = services.retrieve_share(
-            share_id=share.pk, user=holder, otp=fresh_otp(holder, clock)
-        )
+        texts[holder.get_username()] = retrieve_share(share_id=share.pk, user=holder, otp=fresh_otp(holder, clock))
     return texts
 
 
@@ -103,7 +105,7 @@ def open_restore(key: Key, backup: Backup, cast: SimpleNamespace, clock: Any, **
 
 def enter(restore_id: Any, user: Any, text: str, clock: Any) -> Any:
     with on_commit():
-        return services.enter_share(restore_id=restore_id, user=user, share_text=text, otp=fresh_otp(user, clock))
+        return enter_share(restore_id=restore_id, user=user, share_text=text, otp=fresh_otp(user, clock))
 
 
 @pytest.fixture

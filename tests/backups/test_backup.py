@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from approvals.models import RequestState
 from approvals.services import open_request
 from audit.models import AuditEvent
 from kms_console.lib.errors import ApplicationError
-from lifecycle.backups import services
+from lifecycle.backups.backup import verify_sample
 from lifecycle.hsm import default_backend
-from lifecycle.models import Backup, Job, JobStatus
+from lifecycle.models import Backup, Job, JobStatus, Policy
 from lifecycle.services.jobs import run_job
 from tests.backups.conftest import back_up
 from tests.conftest import approve
@@ -149,7 +151,7 @@ def test_verification_restore_tests_a_sample_and_records_failures(
     # Someone swaps the blob in the database: the restore test notices.
     Backup.objects.filter(pk=bad.pk).update(wrapped=good.wrapped)
     clock.advance(days=1)
-    assert services.verify_sample() == {"verified": 1, "failed": 1}
+    assert verify_sample() == {"verified": 1, "failed": 1}
     good.refresh_from_db()
     bad.refresh_from_db()
     assert good.verified_at == clock.now()
@@ -167,3 +169,64 @@ def test_the_beat_task_is_scheduled_and_runs(cast: SimpleNamespace, clock: Any, 
     back_up(generate_key(cast.alice, cast.approvers, clock, name="k"), cast, clock)
     Backup.objects.update(verified_at=None)
     assert verify_backups.delay().get() == {"verified": 1, "failed": 0, "restores_closed": 0}
+
+
+# --- Private signature keys, where the policy allows their backup ---------------------------------
+
+
+def signing_key(cast: SimpleNamespace, clock: Any, name: str, algorithm: str) -> Any:
+    if not Policy.objects.filter(name="signing-escrowed").exists():
+        make_policy("signing-escrowed", backup_private_keys=True)
+    return generate_key(
+        cast.alice,
+        cast.approvers,
+        clock,
+        name=name,
+        algorithm=algorithm,
+        usage="sign_verify",
+        policy="signing-escrowed",
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["RSA-2048", "EC-P256"])
+def test_a_private_key_backup_is_proved_to_restore_to_the_versions_public_key(
+    cast: SimpleNamespace, clock: Any, escrow: Any, algorithm: str
+) -> None:
+    key = signing_key(cast, clock, "signer", algorithm)
+    version = key.primary_version
+    backup = back_up(key, cast, clock)
+
+    # The key check value of a pair is the SHA-256 of its public key (SPKI DER).
+    der = serialization.load_pem_public_key(version.public_key_pem.encode()).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert backup.kcv == version.kcv == hashlib.sha256(der).hexdigest()
+    # The job test-restored it before keeping it: the unwrapped private key signed for that public key.
+    assert backup.verified_at is not None
+    assert Job.objects.get(kind="backup").result["verified"] is True
+    kek = escrow.kek_version.cka_id_bytes
+    blob = base64.b64decode(backup.wrapped)
+    assert (
+        default_backend().unwrap_check(kek, blob, algorithm=algorithm, public_key_pem=version.public_key_pem)
+        == version.kcv
+    )
+
+
+def test_verification_of_private_key_backups_catches_a_swapped_blob(
+    cast: SimpleNamespace, clock: Any, escrow: Any
+) -> None:
+    good = back_up(signing_key(cast, clock, "signer-a", "EC-P256"), cast, clock)
+    bad = back_up(signing_key(cast, clock, "signer-b", "EC-P256"), cast, clock)
+    Backup.objects.filter(pk__in=[good.pk, bad.pk]).update(verified_at=None)
+    # Someone swaps the blob: it unwraps fine, but to a private key of another pair.
+    Backup.objects.filter(pk=bad.pk).update(wrapped=good.wrapped)
+    clock.advance(days=1)
+
+    assert verify_sample() == {"verified": 1, "failed": 1}
+    good.refresh_from_db()
+    bad.refresh_from_db()
+    assert good.verified_at == clock.now()
+    assert bad.verified_at is None and bad.verify_failed_at == clock.now()
+    assert bad.verify_error == "the private key does not belong to the recorded public key"
+    event = AuditEvent.objects.get(action="backup.verification_failed")
+    assert event.details["backup"] == str(bad.pk)

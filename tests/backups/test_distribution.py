@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 from approvals.models import RequestState
 from approvals.services import open_request
 from kms_console.lib.errors import ApplicationError
-from lifecycle.backups import hsm_ops, services
+from lifecycle.backups import hsm_ops
+from lifecycle.backups.distribution import export_for_download, load_recipient_key
 from lifecycle.hsm import default_backend
 from lifecycle.models import Export, Job, JobStatus, Key
 from lifecycle.states import KeyState
@@ -72,9 +73,9 @@ def test_an_exported_blob_unwraps_with_the_recipients_private_key_to_the_same_ke
     assert aes_kcv(key_value) == exportable.primary_version.kcv == export.kcv
     # The blobs stay out of the job row; the download is the requester's and is audited.
     assert "wrapped_key" not in Job.objects.get(kind="export").result
-    assert services.export_for_download(export_id=export.pk, user=cast.alice) == export
+    assert export_for_download(export_id=export.pk, user=cast.alice) == export
     with pytest.raises(ApplicationError) as excinfo:
-        services.export_for_download(export_id=export.pk, user=cast.bob)
+        export_for_download(export_id=export.pk, user=cast.bob)
     assert excinfo.value.code == "not_requester"
 
 
@@ -121,7 +122,7 @@ def test_a_small_or_non_rsa_recipient_key_is_refused(cast: SimpleNamespace, cloc
     curve_pem = curve.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     for pem in (pem_of(small), curve_pem):
         with pytest.raises(ApplicationError) as excinfo:
-            services.load_recipient_key(pem)
+            load_recipient_key(pem)
         assert "recipient_public_key" in excinfo.value.details
 
 

@@ -10,7 +10,8 @@ import pytest
 from approvals.services import open_request
 from audit.models import AuditEvent
 from kms_console.lib.errors import ApplicationError
-from lifecycle.backups import services, shares
+from lifecycle.backups import shares
+from lifecycle.backups.escrow import current_ceremony, custody_gaps, retrieve_share
 from lifecycle.models import CeremonyState, EscrowCeremony, EscrowShare, Job
 from lifecycle.services.jobs import run_job
 from tests.backups.conftest import hold_escrow, take_shares
@@ -39,7 +40,7 @@ def test_each_custodian_takes_their_own_share_exactly_once(
     cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony
 ) -> None:
     bob_share = escrow.shares.get(holder=cast.bob)
-    text = services.retrieve_share(share_id=bob_share.pk, user=cast.bob, otp=fresh_otp(cast.bob, clock))
+    text = retrieve_share(share_id=bob_share.pk, user=cast.bob, otp=fresh_otp(cast.bob, clock))
     parsed = shares.parse(text)
     assert parsed.ceremony_id == escrow.pk and parsed.index == bob_share.index
     assert parsed.fingerprint == bob_share.fingerprint
@@ -48,14 +49,14 @@ def test_each_custodian_takes_their_own_share_exactly_once(
     assert AuditEvent.objects.filter(action="escrow.share_handed_off", actor="bob").count() == 1
 
     with pytest.raises(ApplicationError) as again:
-        services.retrieve_share(share_id=bob_share.pk, user=cast.bob, otp=fresh_otp(cast.bob, clock))
+        retrieve_share(share_id=bob_share.pk, user=cast.bob, otp=fresh_otp(cast.bob, clock))
     assert again.value.code == "share_retrieved"
     with pytest.raises(ApplicationError) as other:
-        services.retrieve_share(share_id=bob_share.pk, user=cast.carol, otp=fresh_otp(cast.carol, clock))
+        retrieve_share(share_id=bob_share.pk, user=cast.carol, otp=fresh_otp(cast.carol, clock))
     assert other.value.code == "not_share_holder"
     carol_share = escrow.shares.get(holder=cast.carol)
     with pytest.raises(ApplicationError) as bad_otp:
-        services.retrieve_share(share_id=carol_share.pk, user=cast.carol, otp="123456")
+        retrieve_share(share_id=carol_share.pk, user=cast.carol, otp="123456")
     assert bad_otp.value.code == "otp_invalid"
     carol_share.refresh_from_db()
     assert carol_share.retrieved_at is None and carol_share.sealed
@@ -84,14 +85,14 @@ def test_a_new_ceremony_supersedes_the_old_one_and_answers_a_custody_gap(
     # dave leaves: his share is a custody gap on the dashboard.
     cast.dave.groups.set([])
     cast.dave._kms_roles = None
-    assert [s.holder.get_username() for s in services.custody_gaps()] == ["dave"]
+    assert [s.holder.get_username() for s in custody_gaps()] == ["dave"]
 
     newer = hold_escrow(kek, cast, clock, holders=("bob", "carol"), threshold=2)
     escrow.refresh_from_db()
     assert escrow.state == CeremonyState.SUPERSEDED
     assert escrow.wrapped_kek == "" and set(escrow.shares.values_list("sealed", flat=True)) == {""}
-    assert services.current_ceremony() == newer
-    assert services.custody_gaps() == []
+    assert current_ceremony() == newer
+    assert custody_gaps() == []
 
 
 def test_a_redelivered_escrow_job_does_nothing_twice(cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony) -> None:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import secrets
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from pkcs11 import Attribute, ObjectClass
 
 from approvals.models import RequestState
 from audit.models import AuditEvent
 from kms_console.lib.errors import ApplicationError
-from lifecycle.backups import services
+from lifecycle.backups.restore import enter_share, expire_restores
 from lifecycle.hsm import default_backend
 from lifecycle.models import Hsm, Job, JobStatus, KeyVersion, Restore, RestoreShare, RestoreState
 from lifecycle.services.jobs import run_job
 from tests.backups.conftest import back_up, enter, hold_escrow, open_restore, take_shares
-from tests.lifecycle.helpers import generate_key
+from tests.lifecycle.helpers import generate_key, make_policy
 
 pytestmark = pytest.mark.django_db
 
@@ -181,7 +185,7 @@ def test_outsiders_and_wrong_otp_are_refused(
     refused(waiting_restore, cast.mallory, shares["bob"], clock, "not_eligible")
     refused(waiting_restore, cast.alice, shares["bob"], clock, "not_eligible")
     with pytest.raises(ApplicationError) as excinfo:
-        services.enter_share(restore_id=waiting_restore.pk, user=cast.bob, share_text=shares["bob"], otp="000000")
+        enter_share(restore_id=waiting_restore.pk, user=cast.bob, share_text=shares["bob"], otp="000000")
     assert excinfo.value.code == "otp_invalid"
     assert not RestoreShare.objects.filter(restore=waiting_restore).exists()
 
@@ -192,7 +196,7 @@ def test_too_few_shares_before_the_window_closes_restore_nothing(
     version = KeyVersion.objects.get(pk=waiting_restore.backup.version_id)
     enter(waiting_restore.pk, cast.bob, shares["bob"], clock)  # M-1 = 1 share
     clock.advance(hours=5)  # past the 4-hour window
-    assert services.expire_restores() == 1
+    assert expire_restores() == 1
     waiting_restore.refresh_from_db()
     assert waiting_restore.state == RestoreState.EXPIRED
     assert set(waiting_restore.entered_shares.values_list("sealed", flat=True)) == {""}
@@ -203,3 +207,158 @@ def test_too_few_shares_before_the_window_closes_restore_nothing(
     assert AuditEvent.objects.filter(action="restore.expired").exists()
     # A late share is refused too.
     refused(waiting_restore, cast.carol, shares["carol"], clock, "restore_expired")
+
+
+# --- Private signature keys (where the policy allows their backup) --------------------------------
+
+
+def signing_key(cast: SimpleNamespace, clock: Any, algorithm: str) -> Any:
+    make_policy("signing-escrowed", backup_private_keys=True)
+    return generate_key(
+        cast.alice,
+        cast.approvers,
+        clock,
+        name="code-signing",
+        algorithm=algorithm,
+        usage="sign_verify",
+        policy="signing-escrowed",
+    )
+
+
+def software_verify(version: Any, algorithm: str, message: bytes, signature: bytes) -> None:
+    """Raises InvalidSignature unless `signature` verifies under the version's recorded public key."""
+    public = serialization.load_pem_public_key(version.public_key_pem.encode())
+    if algorithm.startswith("RSA"):
+        public.verify(
+            signature, message, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256()
+        )
+    else:
+        public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+
+
+@pytest.mark.parametrize("algorithm", ["RSA-2048", "EC-P256"])
+def test_a_private_signature_key_restores_end_to_end_with_its_public_key(
+    cast: SimpleNamespace, clock: Any, escrow: Any, shares: dict[str, str], algorithm: str
+) -> None:
+    key = signing_key(cast, clock, algorithm)
+    version = key.primary_version
+    backend = default_backend()
+    before = backend.sign(version.cka_id_bytes, algorithm, b"signed before the loss")
+    backup = back_up(key, cast, clock)
+    assert backup.kcv == version.kcv and backup.verified_at is not None
+
+    # Disaster: both halves of the pair are destroyed on the token behind the console's back.
+    assert backend.destroy(version.cka_id_bytes) == 2
+
+    req = open_restore(key, backup, cast, clock)
+    restore = Restore.objects.get(request=req)
+    enter(restore.pk, cast.bob, shares["bob"], clock)
+    enter(restore.pk, cast.carol, shares["carol"], clock)
+
+    restore.refresh_from_db()
+    req.refresh_from_db()
+    assert restore.state == RestoreState.RESTORED and req.state == RequestState.EXECUTED
+    assert restore.restored_kcv == version.kcv
+    assert Job.objects.get(kind="restore").result["created"] is True
+    # Both halves are back: the public key was made again from the version's recorded PEM ...
+    assert sorted(row.object_class for row in backend.inventory() if row.cka_id == version.cka_id) == [
+        "private_key",
+        "public_key",
+    ]
+    assert backend.key_check_value(version.cka_id_bytes, algorithm) == version.kcv
+    assert backend.public_key_pem(version.cka_id_bytes, algorithm) == version.public_key_pem
+    # ... so old signatures verify again, and the restored private key signs for the same public key.
+    assert backend.verify(version.cka_id_bytes, algorithm, b"signed before the loss", before)
+    after = backend.sign(version.cka_id_bytes, algorithm, b"signed after the restore")
+    software_verify(version, algorithm, b"signed after the restore", after)
+
+
+def test_a_private_key_restores_into_another_hsm_with_its_public_key(
+    cast: SimpleNamespace, clock: Any, escrow: Any, shares: dict[str, str], other_hsm: Hsm
+) -> None:
+    key = signing_key(cast, clock, "EC-P256")
+    version = key.primary_version
+    backup = back_up(key, cast, clock)
+    default_backend().destroy(version.cka_id_bytes)
+
+    req = open_restore(key, backup, cast, clock, hsm="other")
+    restore = Restore.objects.get(request=req)
+    enter(restore.pk, cast.dave, shares["dave"], clock)
+    enter(restore.pk, cast.bob, shares["bob"], clock)
+
+    version.refresh_from_db()
+    assert version.hsm == other_hsm
+    other = other_hsm.backend()
+    assert other.lookup(version.cka_id_bytes, "EC-P256").kcv == version.kcv
+    signature = other.sign(version.cka_id_bytes, "EC-P256", b"on the other HSM")
+    assert other.verify(version.cka_id_bytes, "EC-P256", b"on the other HSM", signature)
+    software_verify(version, "EC-P256", b"on the other HSM", signature)
+
+
+def test_a_lost_private_half_is_restored_beside_the_surviving_public_half(
+    cast: SimpleNamespace, clock: Any, escrow: Any, shares: dict[str, str]
+) -> None:
+    key = signing_key(cast, clock, "RSA-2048")
+    version = key.primary_version
+    backend = default_backend()
+    backup = back_up(key, cast, clock)
+    drop_half(backend, version.cka_id_bytes, ObjectClass.PRIVATE_KEY)
+
+    req = open_restore(key, backup, cast, clock)
+    restore = Restore.objects.get(request=req)
+    enter(restore.pk, cast.bob, shares["bob"], clock)
+    enter(restore.pk, cast.carol, shares["carol"], clock)
+
+    restore.refresh_from_db()
+    assert restore.state == RestoreState.RESTORED
+    assert objects_under(backend, version.cka_id) == 2  # one private key again, the public one kept
+    signature = backend.sign(version.cka_id_bytes, "RSA-2048", b"whole again")
+    software_verify(version, "RSA-2048", b"whole again", signature)
+
+
+def test_a_substituted_private_key_under_the_versions_id_is_refused(
+    cast: SimpleNamespace, clock: Any, escrow: Any, shares: dict[str, str]
+) -> None:
+    key = signing_key(cast, clock, "EC-P256")
+    version = key.primary_version
+    backend = default_backend()
+    backup = back_up(key, cast, clock)
+    # Someone replaces the private key beside the version's (genuine) public key with one of their own.
+    drop_half(backend, version.cka_id_bytes, ObjectClass.PRIVATE_KEY)
+    rogue_kek, rogue = secrets.token_bytes(16), secrets.token_bytes(16)
+    backend.generate("AES-256", rogue_kek, usage="wrap_unwrap", label="rogue")
+    backend.generate("EC-P256", rogue, usage="sign_verify", label="rogue", extractable=True)
+    backend.unwrap(
+        rogue_kek,
+        backend.wrap(rogue_kek, rogue),
+        algorithm="EC-P256",
+        usage="sign_verify",
+        new_cka_id=version.cka_id_bytes,
+        label="rogue",
+    )
+    # The public half alone still gives the right key check value: only a signature tells them apart.
+    assert backend.key_check_value(version.cka_id_bytes, "EC-P256") == version.kcv
+
+    req = open_restore(key, backup, cast, clock)
+    restore = Restore.objects.get(request=req)
+    enter(restore.pk, cast.bob, shares["bob"], clock)
+    enter(restore.pk, cast.carol, shares["carol"], clock)
+
+    restore.refresh_from_db()
+    req.refresh_from_db()
+    assert restore.state == RestoreState.FAILED
+    assert "holds another object under this version's CKA_ID" in restore.error
+    assert req.state == RequestState.FAILED
+    assert set(RestoreShare.objects.filter(restore=restore).values_list("sealed", flat=True)) == {""}
+    assert AuditEvent.objects.filter(action="restore.failed").exists()
+
+
+def drop_half(backend: Any, cka_id: bytes, object_class: ObjectClass) -> None:
+    """Destroy one half of a pair on the token (the failure being faked), and forget cached handles."""
+
+    def run(state: Any) -> None:
+        for obj in state.session.get_objects({Attribute.ID: cka_id, Attribute.CLASS: object_class}):
+            obj.destroy()
+
+    backend._call(run)
+    backend.reset()

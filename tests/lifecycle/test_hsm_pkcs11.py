@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -361,3 +362,280 @@ def test_forked_children_use_the_driver_after_the_parent(backend: Pkcs11Backend)
     assert results == [("ok", b"from the child", True)] * 4
     # The parent is unaffected by its children.
     assert backend.decrypt(aes, parent_blob) == b"from the parent"
+
+
+# --- Private keys: which public key they belong to ------------------------------------------------
+
+
+def pem_of_pair(backend: Pkcs11Backend, algorithm: str) -> tuple[bytes, Any]:
+    """A fresh extractable sign/verify pair; returns (CKA_ID, what generate returned)."""
+    cka_id = new_id()
+    return cka_id, backend.generate(algorithm, cka_id, usage="sign_verify", label="pair", extractable=True)
+
+
+def objects_under(backend: Pkcs11Backend, cka_id: bytes) -> list[str]:
+    return sorted(row.object_class for row in backend.inventory() if row.cka_id == cka_id.hex())
+
+
+@pytest.mark.parametrize("algorithm", ["RSA-2048", "EC-P256"])
+def test_an_unwrapped_private_key_proves_its_public_key_and_gets_its_public_half(
+    backend: Pkcs11Backend, algorithm: str
+) -> None:
+    kek, restored = new_id(), new_id()
+    backend.generate("AES-256", kek, usage="wrap_unwrap", label="kek")
+    pair, made = pem_of_pair(backend, algorithm)
+    wrapped = backend.wrap(kek, pair)
+
+    got = backend.unwrap(
+        kek,
+        wrapped,
+        algorithm=algorithm,
+        usage="sign_verify",
+        new_cka_id=restored,
+        label="restored",
+        extractable=True,
+        public_key_pem=made.public_key_pem,
+    )
+
+    # The key check value of a pair: SHA-256 of the public key's SubjectPublicKeyInfo DER.
+    der = serialization.load_pem_public_key(made.public_key_pem.encode()).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert got.kcv == made.kcv == hashlib.sha256(der).hexdigest()
+    assert got.public_key_pem == made.public_key_pem and got.created
+    # Both halves are on the token now, so the restored version looks up and verifies like the original.
+    assert objects_under(backend, restored) == ["private_key", "public_key"]
+    assert backend.lookup(restored, algorithm).kcv == made.kcv
+    assert backend.public_key_pem(restored, algorithm) == made.public_key_pem
+    signature = backend.sign(restored, algorithm, b"after the restore")
+    assert backend.verify(restored, algorithm, b"after the restore", signature)
+    assert backend.verify(pair, algorithm, b"after the restore", signature)
+    assert backend.prove_key_pair(restored, algorithm, made.public_key_pem) == made.kcv
+
+
+@pytest.mark.parametrize("algorithm", ["RSA-2048", "EC-P256"])
+def test_a_private_key_of_another_pair_is_refused_and_removed(backend: Pkcs11Backend, algorithm: str) -> None:
+    kek, restored = new_id(), new_id()
+    backend.generate("AES-256", kek, usage="wrap_unwrap", label="kek")
+    pair, _ = pem_of_pair(backend, algorithm)
+    _, other = pem_of_pair(backend, algorithm)
+    wrapped = backend.wrap(kek, pair)
+
+    with pytest.raises(HsmDataError, match="does not belong to the recorded public key"):
+        backend.unwrap(
+            kek,
+            wrapped,
+            algorithm=algorithm,
+            usage="sign_verify",
+            new_cka_id=restored,
+            label="restored",
+            public_key_pem=other.public_key_pem,
+        )
+    assert not backend.exists(restored)  # nothing is left half-restored
+    with pytest.raises(HsmDataError):
+        backend.prove_key_pair(pair, algorithm, other.public_key_pem)
+    with pytest.raises(HsmDataError, match="is not an"):
+        backend.prove_key_pair(pair, "EC-P384" if algorithm == "EC-P256" else "RSA-3072", other.public_key_pem)
+    with pytest.raises(HsmOperationError):
+        backend.prove_key_pair(kek, "AES-256", other.public_key_pem)
+
+
+def test_unwrap_completes_a_half_made_pair_instead_of_unwrapping_twice(backend: Pkcs11Backend) -> None:
+    kek, restored = new_id(), new_id()
+    backend.generate("AES-256", kek, usage="wrap_unwrap", label="kek")
+    pair, made = pem_of_pair(backend, "EC-P256")
+    wrapped = backend.wrap(kek, pair)
+    # An EC private key names no public key: without the PEM only the private half is made.
+    first = backend.unwrap(kek, wrapped, algorithm="EC-P256", usage="sign_verify", new_cka_id=restored, label="r")
+    assert first.kcv == "" and objects_under(backend, restored) == ["private_key"]
+    assert backend.lookup(restored, "EC-P256") is None  # a half pair is no key yet
+
+    again = backend.unwrap(
+        kek,
+        wrapped,
+        algorithm="EC-P256",
+        usage="sign_verify",
+        new_cka_id=restored,
+        label="r",
+        public_key_pem=made.public_key_pem,
+    )
+    assert again.created is False and again.kcv == made.kcv
+    assert objects_under(backend, restored) == ["private_key", "public_key"]
+
+
+@pytest.mark.parametrize("algorithm", ["RSA-2048", "EC-P256"])
+def test_a_restore_test_of_a_private_key_compares_the_public_key_it_proves(
+    backend: Pkcs11Backend, algorithm: str
+) -> None:
+    kek = new_id()
+    backend.generate("AES-256", kek, usage="wrap_unwrap", label="kek")
+    pair, made = pem_of_pair(backend, algorithm)
+    _, other = pem_of_pair(backend, algorithm)
+    wrapped = backend.wrap(kek, pair)
+    before = len(backend.inventory())
+
+    assert backend.unwrap_check(kek, wrapped, algorithm=algorithm, public_key_pem=made.public_key_pem) == made.kcv
+    with pytest.raises(HsmDataError):
+        backend.unwrap_check(kek, wrapped, algorithm=algorithm, public_key_pem=other.public_key_pem)
+    if algorithm.startswith("RSA"):
+        # Without the PEM, RSA's public key is rebuilt from the private object's modulus and exponent.
+        assert backend.unwrap_check(kek, wrapped, algorithm=algorithm) == made.kcv
+    else:
+        with pytest.raises(HsmOperationError, match="needs the public key"):
+            backend.unwrap_check(kek, wrapped, algorithm=algorithm)
+    assert len(backend.inventory()) == before  # every session object is gone again
+
+
+# --- Key transport: transient keys, import from a sender ------------------------------------------
+
+
+def software_kcv(value: bytes) -> str:
+    mac = cmac.CMAC(algorithms.AES(value))
+    mac.update(bytes(16))
+    return mac.finalize()[:3].hex()
+
+
+def test_a_transient_key_holds_the_given_value_for_its_block_only(backend: Pkcs11Backend) -> None:
+    from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
+
+    value = secrets.token_bytes(32)
+    target = new_id()
+    made = backend.generate("AES-128", target, usage="encrypt_decrypt", label="t", extractable=True)
+    with backend.transient_key(value) as transient:
+        [row] = [row for row in backend.inventory() if row.cka_id == transient.hex()]
+        assert row.sensitive is True and row.extractable is False
+        wrapped = backend.wrap(transient, target)
+    # The HSM wrapped under exactly the value given: software unwraps it to the same key.
+    assert software_kcv(aes_key_unwrap(value, wrapped)) == made.kcv
+    assert not backend.exists(transient)
+    with pytest.raises(HsmObjectNotFound):
+        backend.wrap(transient, target)
+
+    with pytest.raises(RuntimeError), backend.transient_key(value) as failing:
+        raise RuntimeError("the caller's step failed")
+    assert not backend.exists(failing)  # destroyed also when the block raises
+    with pytest.raises(HsmOperationError, match="16, 24 or 32 bytes"), backend.transient_key(b"short"):
+        pass
+
+
+@pytest.fixture(scope="module")
+def import_key() -> tuple[bytes, Any]:
+    """An RSA import key on the token (wrap_unwrap: it may decrypt) and its public key."""
+    cka_id = new_id()
+    made = default_backend().generate("RSA-2048", cka_id, usage="wrap_unwrap", label="import")
+    return cka_id, serialization.load_pem_public_key(made.public_key_pem.encode())
+
+
+def sent(public: Any, value: bytes, *, oaep_hash: Any = None) -> tuple[bytes, bytes]:
+    """What a sender does: RSA-OAEP of a fresh transport key, AES key wrap of the key under it."""
+    from cryptography.hazmat.primitives.keywrap import aes_key_wrap
+
+    transport = secrets.token_bytes(32)
+    algorithm = oaep_hash or hashes.SHA256()
+    encrypted = public.encrypt(transport, padding.OAEP(mgf=padding.MGF1(algorithm), algorithm=algorithm, label=None))
+    return encrypted, aes_key_wrap(transport, value)
+
+
+def test_unwrap_from_sender_imports_a_key_wrapped_for_the_import_key(
+    backend: Pkcs11Backend, import_key: tuple[bytes, Any]
+) -> None:
+    import_id, public = import_key
+    value, new = secrets.token_bytes(16), new_id()
+    encrypted, wrapped = sent(public, value)
+
+    made = backend.unwrap_from_sender(
+        import_id, encrypted, wrapped, algorithm="AES-128", usage="encrypt_decrypt", new_cka_id=new, label="imported"
+    )
+    assert made.created and made.kcv == software_kcv(value)
+    assert objects_under(backend, new) == ["secret_key"]
+    # A re-run finds the object it made instead of making a second one.
+    again = backend.unwrap_from_sender(
+        import_id, encrypted, wrapped, algorithm="AES-128", usage="encrypt_decrypt", new_cka_id=new, label="imported"
+    )
+    assert again.created is False and again.kcv == made.kcv
+    assert objects_under(backend, new) == ["secret_key"]
+
+
+def test_unwrap_from_sender_refuses_blobs_that_do_not_check_out(
+    backend: Pkcs11Backend, import_key: tuple[bytes, Any]
+) -> None:
+    import_id, public = import_key
+    value = secrets.token_bytes(32)
+    encrypted, wrapped = sent(public, value)
+    _, foreign_wrapped = sent(public, value)  # wrapped under another transport key
+    sha1_encrypted, _ = sent(public, value, oaep_hash=hashes.SHA1())
+    numbers = public.public_numbers()
+    # A valid RSA ciphertext whose plaintext is no OAEP block at all.
+    raw = pow(int.from_bytes(secrets.token_bytes(200), "big"), numbers.e, numbers.n).to_bytes(256, "big")
+    before = len(backend.inventory())
+    for bad_encrypted, bad_wrapped in (
+        (encrypted, foreign_wrapped),
+        (sha1_encrypted, wrapped),
+        (raw, wrapped),
+        (encrypted[:-1], wrapped),
+    ):
+        new = new_id()
+        with pytest.raises(HsmDataError):
+            backend.unwrap_from_sender(
+                import_id,
+                bad_encrypted,
+                bad_wrapped,
+                algorithm="AES-256",
+                usage="encrypt_decrypt",
+                new_cka_id=new,
+                label="bad",
+            )
+        assert not backend.exists(new)
+    assert len(backend.inventory()) == before  # no transport key was left behind either
+    with pytest.raises(HsmOperationError, match="only secret keys"):
+        backend.unwrap_from_sender(
+            import_id, encrypted, wrapped, algorithm="EC-P256", usage="sign_verify", new_cka_id=new_id(), label="x"
+        )
+
+
+def test_key_transport_from_four_threads_at_once_never_crashes(
+    backend: Pkcs11Backend, import_key: tuple[bytes, Any]
+) -> None:
+    import_id, public = import_key
+    aes, kek = new_id(), new_id()
+    backend.generate("AES-256", aes, usage="encrypt_decrypt", label="threads", extractable=True)
+    backend.generate("AES-256", kek, usage="wrap_unwrap", label="threads")
+    made = backend.key_check_value(aes, "AES-256")
+    errors: list[BaseException] = []
+
+    def imports() -> None:
+        for _ in range(10):
+            value = secrets.token_bytes(16)
+            got = backend.unwrap_from_sender(
+                import_id,
+                *sent(public, value),
+                algorithm="AES-128",
+                usage="encrypt_decrypt",
+                new_cka_id=new_id(),
+                label="t",
+            )
+            assert got.kcv == software_kcv(value)
+
+    def transients() -> None:
+        for _ in range(40):
+            with backend.transient_key(secrets.token_bytes(32)) as transient:
+                backend.wrap(transient, aes)
+
+    def restore_tests() -> None:
+        wrapped = backend.wrap(kek, aes)
+        for _ in range(40):
+            assert backend.unwrap_check(kek, wrapped, algorithm="AES-256") == made
+
+    def run(target: Any) -> None:
+        try:
+            target()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in (imports, transients, restore_tests, transients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []

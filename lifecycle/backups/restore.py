@@ -1,0 +1,350 @@
+"""Restores from a backup: dual control, then M custodians entering their shares within a window.
+
+An approved `restore` request opens a share window (`start_restore`); each custodian's share is
+checked and sealed under the target HSM's envelope key (`enter_share`); the M-th share queues the
+restore job (lifecycle.backups.jobs), whose result is recorded by `record_restore`. Wrong,
+duplicated or foreign shares are refused and audited without changing anything; a window that
+closes or a job that fails for good ends the restore and wipes the entered shares.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts import services as accounts
+from approvals import services as approvals
+from approvals.models import ApprovalRequest
+from audit.services import record
+from kms_console.lib.errors import ApplicationError, Conflict, Forbidden, NotFound
+from kms_console.lib.roles import Role
+
+from ..models import (
+    Backup,
+    EscrowCeremony,
+    EscrowShare,
+    Hsm,
+    Job,
+    JobKind,
+    JobStatus,
+    Key,
+    KeyVersion,
+    Restore,
+    RestoreShare,
+    RestoreState,
+)
+from ..services.jobs import create_job
+from ..states import KeyState
+from . import hsm_ops, shares
+from .escrow import ceremony_for
+
+DEFAULT_SHARE_WINDOW_HOURS = 4
+
+
+def share_window() -> dt.timedelta:
+    """How long custodians have to enter their shares once a restore is approved."""
+    return dt.timedelta(hours=getattr(settings, "KMS_RESTORE_SHARE_WINDOW_HOURS", DEFAULT_SHARE_WINDOW_HOURS))
+
+
+def restore_target(backup: Backup, hsm_name: Any) -> Hsm:
+    if hsm_name in (None, ""):
+        return backup.version.hsm
+    hsm = Hsm.objects.filter(name=hsm_name, retired_at__isnull=True).first() if isinstance(hsm_name, str) else None
+    if hsm is None:
+        raise ApplicationError(
+            f"hsm: no registered HSM named {hsm_name!r}", code="invalid", details={"hsm": ["No such HSM."]}
+        )
+    return hsm
+
+
+def check_restore(backup: Backup) -> EscrowCeremony:
+    if backup.destroyed_at is not None:
+        raise Conflict("This backup was destroyed.", code="backup_destroyed")
+    if backup.version.state == KeyState.DESTROYED:
+        raise Conflict("The backed-up version was destroyed; it is not restored.", code="version_destroyed")
+    ceremony = ceremony_for(backup.kek_version)
+    if ceremony is None:
+        raise Conflict("No live escrow ceremony can recover the KEK this backup was made under.", code="no_escrow")
+    return ceremony
+
+
+def start_restore(*, backup: Backup, hsm: Hsm, request: ApprovalRequest) -> Restore:
+    """The request was approved: open the window in which custodians enter their shares."""
+    ongoing = Restore.objects.filter(
+        request=request, state__in=[RestoreState.COLLECTING, RestoreState.RESTORING]
+    ).first()
+    if ongoing is not None:
+        return ongoing
+    ceremony = check_restore(backup)
+    now = timezone.now()
+    until = now + share_window()
+    if request.execute_by and request.execute_by < until:
+        until = request.execute_by  # the job must start inside the request's execution window
+    restore = Restore.objects.create(
+        backup=backup,
+        ceremony=ceremony,
+        target_hsm=hsm,
+        request=request,
+        state=RestoreState.COLLECTING,
+        collect_until=until,
+        created_at=now,
+    )
+    record(
+        "restore.collecting",
+        actor=request.requester,
+        target_type="key",
+        target_id=backup.version.key_id,
+        details={
+            "restore": str(restore.pk),
+            "backup": str(backup.pk),
+            "ceremony": str(ceremony.pk),
+            "threshold": ceremony.threshold,
+            "hsm": hsm.name,
+            "collect_until": until.isoformat(),
+            "request": str(request.pk),
+        },
+    )
+    return restore
+
+
+def restore_context(restore_id: Any, index: int) -> str:
+    return f"restore:{restore_id}:{index}"
+
+
+def _refuse_share(restore: Restore, user: Any, reason: ApplicationError, index: int | None = None) -> None:
+    record(
+        "restore.share_refused",
+        actor=user,
+        target_type="key",
+        target_id=restore.backup.version.key_id,
+        details={"restore": str(restore.pk), "index": index, "reason": reason.code},
+    )
+
+
+def enter_share(*, restore_id: Any, user: Any, share_text: str, otp: str | None) -> Restore:
+    """A custodian hands their share in for a restore. The M-th share queues the restore job.
+
+    Checks, in order, under a row lock on the restore: it is collecting and inside its window (a late
+    one expires now); the caller may act as custodian and their TOTP code verifies; the text is a
+    share of this restore's ceremony; the caller holds that share; it matches its fingerprint; it
+    was not entered before (by anyone) and the caller did not enter another. A refusal is audited
+    and changes nothing else.
+    """
+    refusal: ApplicationError | None = None
+    index: int | None = None
+    with transaction.atomic():
+        restore = (
+            Restore.objects.select_for_update(of=("self",))
+            .select_related("backup__version__key", "ceremony", "target_hsm", "request")
+            .filter(pk=restore_id)
+            .first()
+        )
+        if restore is None:
+            raise NotFound("No such restore.")
+        now = timezone.now()
+        if restore.state == RestoreState.COLLECTING and now > restore.collect_until:
+            expire_restore(restore, now)
+            refusal = Conflict("The window for entering shares closed.", code="restore_expired")
+        elif restore.state != RestoreState.COLLECTING:
+            refusal = Conflict(
+                f"The restore is {restore.state}; it takes no more shares.", code=f"restore_{restore.state}"
+            )
+        elif (problem := accounts.approver_problem(user, {Role.CUSTODIAN})) is not None:
+            refusal = Forbidden(f"You cannot hand in a share: {problem}.", code="not_eligible")
+        elif accounts.verify_user_otp(user=user, code=otp, purpose=f"enter share for restore {restore.pk}") is None:
+            refusal = Forbidden(
+                "The one-time password is wrong, reused or throttled; wait for a new code and try again.",
+                code="otp_invalid",
+            )
+        else:
+            try:
+                given = shares.parse(share_text)
+            except shares.ShareInvalid as exc:
+                given, refusal = None, exc
+            if given is not None:
+                index = given.index
+                held = restore.ceremony.shares.filter(index=given.index).first()
+                if given.ceremony_id != restore.ceremony_id or held is None:
+                    refusal = Conflict(
+                        "That share belongs to another escrow ceremony, not the one that can open this backup.",
+                        code="share_wrong_ceremony",
+                    )
+                elif held.holder_id != user.pk:
+                    refusal = Forbidden(
+                        "That share is held by another custodian; each custodian enters their own share.",
+                        code="not_share_holder",
+                    )
+                elif given.fingerprint != held.fingerprint:
+                    refusal = Conflict(
+                        "That share does not match the share you were given (check for a typo).", code="share_mismatch"
+                    )
+                elif restore.entered_shares.filter(Q(share=held) | Q(custodian=user)).exists():
+                    refusal = Conflict("You entered your share for this restore already.", code="share_duplicate")
+                else:
+                    _accept_share(restore, held, user, given, now)
+        if refusal is not None:
+            _refuse_share(restore, user, refusal, index)
+    if refusal is not None:
+        raise refusal
+    return restore
+
+
+def _accept_share(restore: Restore, held: EscrowShare, user: Any, given: shares.Share, now: dt.datetime) -> None:
+    backend = restore.target_hsm.backend()
+    RestoreShare.objects.create(
+        restore=restore,
+        share=held,
+        custodian=user,
+        sealed=hsm_ops.seal(backend, given.value, restore_context(restore.pk, given.index)),
+        entered_at=now,
+    )
+    entered = restore.entered_shares.count()
+    record(
+        "restore.share_entered",
+        actor=user,
+        target_type="key",
+        target_id=restore.backup.version.key_id,
+        details={
+            "restore": str(restore.pk),
+            "index": given.index,
+            "entered": entered,
+            "threshold": restore.ceremony.threshold,
+        },
+    )
+    if entered >= restore.ceremony.threshold:
+        version = restore.backup.version
+        job = create_job(
+            kind=JobKind.RESTORE,
+            key=version.key,
+            version=version,
+            hsm=restore.target_hsm,
+            request=restore.request,
+            params={"restore_id": str(restore.pk), "backup_id": str(restore.backup_id)},
+        )
+        restore.state = RestoreState.RESTORING
+        restore.job = job
+        restore.save(update_fields=["state", "job"])
+
+
+def _wipe_entered(restore: Restore) -> None:
+    """Entered shares are kept sealed only until the restore ends, whichever way it ends."""
+    restore.entered_shares.exclude(sealed="").update(sealed="")
+
+
+def expire_restore(restore: Restore, now: dt.datetime) -> None:
+    """Close a collecting restore whose window ran out (or whose key is destroyed): wipe the entered
+    shares and fail its request. The caller holds the restore's row lock."""
+    restore.state = RestoreState.EXPIRED
+    restore.finished_at = now
+    restore.error = "the window for entering shares closed"
+    restore.save(update_fields=["state", "finished_at", "error"])
+    _wipe_entered(restore)
+    record(
+        "restore.expired",
+        target_type="key",
+        target_id=restore.backup.version.key_id,
+        details={
+            "restore": str(restore.pk),
+            "entered": restore.entered_shares.count(),
+            "threshold": restore.ceremony.threshold,
+        },
+    )
+    approvals.mark_failed(
+        restore.request_id,
+        f"Only {restore.entered_shares.count()} of {restore.ceremony.threshold} shares were entered before the window closed.",
+    )
+
+
+def fail_restore(restore_id: Any, message: str) -> None:
+    """The restore job failed for good: end the restore and wipe its entered shares."""
+    with transaction.atomic():
+        restore = Restore.objects.select_for_update().select_related("backup__version").get(pk=restore_id)
+        if restore.state not in (RestoreState.COLLECTING, RestoreState.RESTORING):
+            return
+        restore.state = RestoreState.FAILED
+        restore.error = message[:2000]
+        restore.finished_at = timezone.now()
+        restore.save(update_fields=["state", "error", "finished_at"])
+        _wipe_entered(restore)
+        record(
+            "restore.failed",
+            target_type="key",
+            target_id=restore.backup.version.key_id,
+            details={"restore": str(restore.pk), "error": restore.error},
+        )
+
+
+def restore_material(restore: Restore) -> list[shares.Share]:
+    """The entered shares, unsealed (worker only, in memory, for one restore run)."""
+    backend = restore.target_hsm.backend()
+    result = []
+    for entered in restore.entered_shares.select_related("share"):
+        if not entered.sealed:
+            raise ApplicationError("The entered shares were wiped; the restore needs its shares entered again.")
+        index = entered.share.index
+        value = hsm_ops.unseal(backend, entered.sealed, restore_context(restore.pk, index))
+        result.append(shares.Share(ceremony_id=restore.ceremony_id, index=index, value=value))
+    return result
+
+
+def record_restore(job: Job, result: dict[str, Any]) -> Restore:
+    """The worker restored the version on the target HSM: record where it lives now."""
+    restore = Restore.objects.select_for_update().get(pk=job.params["restore_id"])
+    if restore.state == RestoreState.RESTORED:
+        return restore
+    version = KeyVersion.objects.select_for_update().select_related("key", "hsm").get(pk=job.version_id)
+    key = Key.objects.select_for_update().get(pk=version.key_id)
+    now = timezone.now()
+    moved_from = version.hsm.name
+    if version.hsm_id != restore.target_hsm_id:
+        version.hsm_id = restore.target_hsm_id
+        version.save(update_fields=["hsm"])
+        if key.primary_version_id == version.pk:
+            # New versions of the key (rotation) are made where its primary version lives now.
+            key.hsm_id = restore.target_hsm_id
+            key.save(update_fields=["hsm"])
+    restore.state = RestoreState.RESTORED
+    restore.restored_kcv = result["kcv"]
+    restore.finished_at = now
+    restore.save(update_fields=["state", "restored_kcv", "finished_at"])
+    _wipe_entered(restore)
+    record(
+        "backup.restored",
+        target_type="key",
+        target_id=key.pk,
+        details={
+            "restore": str(restore.pk),
+            "backup": str(restore.backup_id),
+            "key": key.name,
+            "version": version.number,
+            "kcv": result["kcv"],
+            "from_hsm": moved_from,
+            "hsm": restore.target_hsm.name,
+            "created": result.get("created", True),
+            "request": str(restore.request_id),
+        },
+    )
+    return restore
+
+
+def expire_restores(now: dt.datetime | None = None) -> int:
+    """Beat: close share windows that ran out; end restores whose job failed for good."""
+    now = now or timezone.now()
+    count = 0
+    for pk in Restore.objects.filter(state=RestoreState.COLLECTING, collect_until__lt=now).values_list("pk", flat=True):
+        with transaction.atomic():
+            restore = Restore.objects.select_for_update().get(pk=pk)
+            if restore.state == RestoreState.COLLECTING and restore.collect_until < now:
+                expire_restore(restore, now)
+                count += 1
+    for pk in Restore.objects.filter(state=RestoreState.RESTORING, job__status=JobStatus.FAILED).values_list(
+        "pk", flat=True
+    ):
+        fail_restore(pk, "the restore job failed")
+        count += 1
+    return count
