@@ -282,6 +282,32 @@ def test_a_missing_pin_source_is_a_config_error(hsm_token: Any) -> None:
         nowhere.inventory()
 
 
+def test_a_backend_does_not_ride_on_another_backends_login_to_the_same_token(
+    hsm_token: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    right = hsm_token.dir / "pins-token-pin"
+    right.write_text(hsm_token.pins_pin)
+    module = default_backend().module
+    knows = Pkcs11Backend(module=module, token_label=hsm_token.pins_label, pin_file=str(right))
+    knows.reset()
+    assert knows.health().ok  # this process is now logged in to the token
+    nowhere = Pkcs11Backend(module=module, token_label=hsm_token.pins_label, pin_env="KMS_NO_SUCH_PIN_VAR")
+    with pytest.raises(HsmConfigError, match="no PIN configured"):
+        nowhere.inventory()
+    monkeypatch.setenv("KMS_TEST_GUESSED_PIN", "guess-" + secrets.token_hex(4))
+    guesser = Pkcs11Backend(module=module, token_label=hsm_token.pins_label, pin_env="KMS_TEST_GUESSED_PIN")
+    with pytest.raises(HsmAuthError, match="refused the PIN"):
+        guesser.inventory()
+    # Also after the shared session was dropped while the process stays logged in.
+    guesser.reset()
+    with pytest.raises(HsmAuthError, match="refused the PIN"):
+        guesser.inventory()
+    monkeypatch.setenv("KMS_TEST_KNOWN_PIN", hsm_token.pins_pin)
+    same_pin = Pkcs11Backend(module=module, token_label=hsm_token.pins_label, pin_env="KMS_TEST_KNOWN_PIN")
+    assert same_pin.health().ok
+    assert knows.health().ok
+
+
 def test_a_missing_token_is_a_config_error_and_other_sessions_recover(backend: Pkcs11Backend) -> None:
     aes = new_id()
     backend.generate("AES-256", aes, usage="encrypt_decrypt", label="before-reinit")
