@@ -67,6 +67,7 @@ MIDDLEWARE = [
     "audit.middleware.AuditContextMiddleware",
     "accounts.middleware.SecondFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "kms_console.lib.web.MethodNotAllowedPageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "kms_console.lib.middleware.ExternalErrorMiddleware",
 ]
@@ -251,6 +252,9 @@ KMS_HSM_PIN_DIRS = envlist("KMS_HSM_PIN_DIRS", [str(SECRETS_DIR), "/run/secrets"
 KMS_ACKNOWLEDGEMENT_VALID_DAYS = envint("KMS_ACKNOWLEDGEMENT_VALID_DAYS", 365, minimum=1)
 KMS_APPROVAL_REMINDER_HOURS = envint("KMS_APPROVAL_REMINDER_HOURS", 4, minimum=1)
 KMS_CHECKPOINT_MAX_AGE_HOURS = envint("KMS_CHECKPOINT_MAX_AGE_HOURS", 24, minimum=1)
+# Escrow holders must take their shares within this many hours; past it the shares still sealed are
+# wiped and the ceremony fails (lifecycle.backups.escrow).
+KMS_ESCROW_SHARE_RETRIEVAL_HOURS = envint("KMS_ESCROW_SHARE_RETRIEVAL_HOURS", 72, minimum=1)
 # The object that signs audit checkpoints with a key on the HSM (audit knows nothing of HSMs).
 KMS_AUDIT_SIGNER = os.environ.get("KMS_AUDIT_SIGNER", "lifecycle.audit_signer.HsmAuditSigner")
 KMS_CONTROLS_FILE = Path(os.environ.get("KMS_CONTROLS_FILE", BASE_DIR / "data" / "controls.yaml"))

@@ -81,9 +81,10 @@ def audit_chain(ctx: Context) -> CheckResult:
             )
             offenders.append(Offender("audit", "audit trail", reason, audit_url("audit.checkpoint_signed")))
     state = "verifies" if verified.ok else f"is broken at #{verified.first_bad_seq}"
-    figure = (
-        f"The chain of {verified.checked} events {state}; {verified.checkpoints_checked} checkpoints verify; {signed}"
-    )
+    events = f"{verified.checked} event{'s' if verified.checked != 1 else ''}"
+    checkpoints = f"{verified.checkpoints_checked} checkpoint{'s' if verified.checkpoints_checked != 1 else ''}"
+    verify = "verifies" if verified.checkpoints_checked == 1 else "verify"
+    figure = f"The chain of {events} {state}; {checkpoints} {verify}; {signed}"
     return result("audit_chain", figure, offenders, notes=[f"chain head #{verified.head_seq} {verified.head}"])
 
 

@@ -3,7 +3,13 @@
 Each HSM is asked once per assessment for its whole inventory (`Context.inventory`), which answers
 "is this object there, is it sensitive, is it extractable" for every version at once; only key
 check values need one call per version, and those are compared for a daily moving window
-(`Context.kcv_window`).
+(`Context.kcv_window`). For a key pair the key check value is the public half's; the private half
+proves, by signing a test message, that it belongs to the recorded public key (`_pair_proof`, one
+HSM call per version in that window).
+
+A restore into another HSM moves a version there and records the copy the old HSM keeps
+(`VersionCopy`): such a copy is a warning; a copy of a live version that no record names is a
+failure (destruction would not reach it).
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from typing import Any
 from django.apps import apps
 
 from lifecycle.audit_signer import SIGNING_KEY_LABEL
-from lifecycle.hsm import HsmError, ObjectInfo
-from lifecycle.models import BackupRule, Key, KeyVersion
+from lifecycle.hsm import HsmDataError, HsmError, ObjectInfo
+from lifecycle.models import BackupRule, Key, KeyVersion, VersionCopy
 from lifecycle.states import KeyState
 
 from ..links import hsm_url, key_url
@@ -56,6 +62,29 @@ def _destroyed_versions(ctx: Context) -> list[KeyVersion]:
         "hsm.destroyed_versions",
         lambda: list(KeyVersion.objects.filter(state=KeyState.DESTROYED).select_related("key", "hsm")),
     )
+
+
+def _recorded_copies(ctx: Context) -> set[tuple[Any, str]]:
+    """(HSM id, CKA_ID) of every live recorded copy of a version on an HSM other than its own."""
+    return ctx.cached(
+        "hsm.recorded_copies",
+        lambda: set(VersionCopy.objects.filter(ended_at__isnull=True).values_list("hsm_id", "version__cka_id")),
+    )
+
+
+def _pair_proof(ctx: Context, version: KeyVersion) -> str | HsmError:
+    """The private key of a pair signs a test message that the recorded public key verifies (once per
+    version per assessment). Returns the public key's KCV, or the HSM's error (HsmDataError: another key)."""
+
+    def prove() -> str | HsmError:
+        try:
+            return version.hsm.backend().prove_key_pair(
+                version.cka_id_bytes, version.key.algorithm, version.public_key_pem
+            )
+        except HsmError as exc:
+            return exc
+
+    return ctx.cached(f"hsm.pair_proof.{version.cka_id}", prove)
 
 
 def _unreadable(inventory: HsmInventory) -> Offender:
@@ -112,14 +141,19 @@ def hsm_inventory(ctx: Context) -> CheckResult:
             kinds = ", ".join(sorted({o.object_class.replace("_", " ") for o in objects}))
             label = objects[0].label or f"CKA_ID {cka_id[:16]}"
             if cka_id in live_by_id and cka_id not in destroyed:
-                # Left behind by a restore into another HSM (which moves the version there): a known
-                # copy, a warning, not an unknown object.
-                copies += 1
                 other = live_by_id[cka_id]
                 reason = f"a copy of {_version_label(other)}, which the console records on HSM {other.hsm.name}"
-                offenders.append(
-                    Offender("hsm_object", f"{hsm.name}: {label}", reason, key_url(other.key_id), severity=WARN)
-                )
+                if (hsm.pk, cka_id) in _recorded_copies(ctx):
+                    # Left behind by a restore into another HSM and recorded with it, so destruction
+                    # reaches it: a known copy, a warning, not an unknown object.
+                    copies += 1
+                    offenders.append(
+                        Offender("hsm_object", f"{hsm.name}: {label}", reason, key_url(other.key_id), severity=WARN)
+                    )
+                else:
+                    unknown += 1
+                    reason += ", but not recorded as a copy (destroying the version would not reach it)"
+                    offenders.append(Offender("hsm_object", f"{hsm.name}: {label}", reason, key_url(other.key_id)))
                 continue
             unknown += 1
             if cka_id in destroyed:
@@ -142,6 +176,19 @@ def hsm_inventory(ctx: Context) -> CheckResult:
                     "(a substituted or altered key)"
                 )
                 offenders.append(Offender("version", _version_label(version), reason, key_url(version.key_id)))
+            elif version.key.is_asymmetric and version.public_key_pem:
+                # The public half's KCV says nothing of the private half beside it: make it prove itself.
+                proof = _pair_proof(ctx, version)
+                if isinstance(proof, HsmDataError) or (isinstance(proof, str) and proof != version.kcv):
+                    mismatched += 1
+                    reason = (
+                        "its private key does not belong to the recorded public key (a substituted private key): "
+                        f"{proof.message if isinstance(proof, HsmError) else 'another public key'}"
+                    )
+                    offenders.append(Offender("version", _version_label(version), reason, key_url(version.key_id)))
+                elif isinstance(proof, HsmError):
+                    reason = f"the HSM could not prove its private key belongs to its public key: {proof.message}"
+                    offenders.append(Offender("version", _version_label(version), reason, key_url(version.key_id)))
     figure = (
         f"{found} of {len(versions)} key versions found on {asked} HSM{'s' if asked != 1 else ''}; "
         f"{unknown} unknown object{'s' if unknown != 1 else ''}; key check values compared for {compared}, "
@@ -238,18 +285,28 @@ def destruction(ctx: Context) -> CheckResult:
             )
             troubled.add(key.pk)
     unreadable = set()
+    hsms = {hsm.pk: hsm for hsm in ctx.hsms()}
+    # A destroyed version is looked for on its HSM and on every HSM that was recorded holding a copy.
+    copy_hsms: dict[Any, set[Any]] = defaultdict(set)
+    copy_rows = (
+        VersionCopy.objects.filter(version__state=KeyState.DESTROYED) if versions else VersionCopy.objects.none()
+    )
+    for version_id, hsm_id in copy_rows.values_list("version_id", "hsm_id"):
+        copy_hsms[version_id].add(hsm_id)
     for version in versions:
-        inventory = ctx.inventory(version.hsm)
-        if not inventory.ok:
-            if version.hsm_id not in unreadable:
-                unreadable.add(version.hsm_id)
-                offenders.append(_unreadable(inventory))
-            troubled.add(version.key_id)
-        elif version.cka_id in inventory.objects:
-            when = f" on {version.destroyed_at:%Y-%m-%d}" if version.destroyed_at else ""
-            reason = f"destroyed{when}, but its object is still on HSM {version.hsm.name}"
-            offenders.append(Offender("version", _version_label(version), reason, key_url(version.key_id)))
-            troubled.add(version.key_id)
+        for hsm in [version.hsm, *(hsms[pk] for pk in sorted(copy_hsms[version.pk] - {version.hsm_id}, key=str))]:
+            inventory = ctx.inventory(hsm)
+            if not inventory.ok:
+                if hsm.pk not in unreadable:
+                    unreadable.add(hsm.pk)
+                    offenders.append(_unreadable(inventory))
+                troubled.add(version.key_id)
+            elif version.cka_id in inventory.objects:
+                when = f" on {version.destroyed_at:%Y-%m-%d}" if version.destroyed_at else ""
+                where = "" if hsm.pk == version.hsm_id else " (a copy a restore left there)"
+                reason = f"destroyed{when}, but its object is still on HSM {hsm.name}{where}"
+                offenders.append(Offender("version", _version_label(version), reason, key_url(version.key_id)))
+                troubled.add(version.key_id)
     backup_model = _backup_model()
     if backup_model is not None:
         surviving = backup_model.objects.filter(version__state=KeyState.DESTROYED, destroyed_at__isnull=True)
@@ -284,8 +341,10 @@ CHECKS = (
         "Each registered HSM is asked for every object it holds. Every key version the console records is there "
         "(both halves of a key pair), nothing is there that the console does not know (besides its own audit "
         "signing, envelope and import keys), and the key check value the HSM computes for a version matches the "
-        "one recorded when it was made: a mismatch means the key was substituted. A copy that an HSM still holds "
-        "after the version was restored into another HSM is a warning.",
+        "one recorded when it was made: a mismatch means the key was substituted (a key pair's private half also "
+        "proves, by signing, that it belongs to the recorded public key). A copy that an HSM still holds after the "
+        "version was restored into another HSM is a warning when the restore recorded it (destruction reaches it) "
+        "and a failure when nothing records it.",
         hsm_inventory,
         uses_hsm=True,
     ),
@@ -310,7 +369,7 @@ CHECKS = (
         "destruction",
         "Destroyed keys are gone for good",
         "Every destroyed key has a certificate of destruction; no object of a destroyed version is still on its "
-        "HSM; no backup of a destroyed version survives. Keys whose destruction date passed more than a day ago "
+        "HSM (or on an HSM that held a copy of it); no backup of a destroyed version survives. Keys whose destruction date passed more than a day ago "
         "without being destroyed are a warning.",
         destruction,
         uses_hsm=True,

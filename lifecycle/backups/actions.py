@@ -27,10 +27,9 @@ from ..models import Backup, Hsm, Job, JobKind, JobStatus, Key, Policy
 from ..policies import quorum_for
 from ..services import jobs, keys
 from ..services.jobs import create_job
-from . import hsm_ops
 from .backup import check_backup, start_backup
 from .common import version_of
-from .distribution import check_export, load_recipient_key
+from .distribution import check_export, import_key_id, load_recipient_key
 from .escrow import check_kek, clean_custodians, start_escrow
 from .restore import check_restore, restore_target, start_restore
 
@@ -283,7 +282,7 @@ def _import_prepare(requester: Any, target_id: str, p: dict[str, Any]) -> Prepar
             f"A request to import a key named {params['name']!r} is waiting already.", code="request_pending"
         )
     hsm = Hsm.objects.get(name=params["hsm"])
-    import_id, _ = hsm_ops.ensure_import_key(hsm.backend())
+    import_id = import_key_id(hsm)  # 409 until setup made it; an HSM failure answers 503
     policy = Policy.objects.get(name=params["policy"])
     params.update(
         import_key=import_id.hex(),

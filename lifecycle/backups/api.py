@@ -382,7 +382,7 @@ class ImportViewSet(ApiViewSet):
         )
         if hsm is None:
             raise ApplicationError("hsm: no such registered HSM", code="invalid", details={"hsm": ["No such HSM."]})
-        return Response(import_key_info(hsm=hsm, actor=request.user))
+        return Response(import_key_info(hsm=hsm))
 
     @extend_schema(
         summary="Request the import of a wrapped key (dual-controlled; a custodian confirms its check value)",

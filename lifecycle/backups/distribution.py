@@ -4,6 +4,7 @@ An export is dual-controlled and allowed only where the policy says the key is e
 wraps the version under a fresh transport key that RSA-OAEP (SHA-256) encrypts for the recipient
 (the driver's `wrap_for_recipient`). An import (bring your own key) arrives the same way, wrapped for
 the HSM's import key (`import_key_info` tells the sender how); the job unwraps it inside the HSM.
+The import key is made by `manage.py kms_setup` (`ensure_import_keys`); reading it makes nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.db import transaction
@@ -19,7 +21,7 @@ from django.utils import timezone
 from audit.services import record
 from kms_console.lib.errors import ApplicationError, Conflict, Forbidden, NotFound
 
-from ..hsm import get_algorithm
+from ..hsm import HsmError, get_algorithm
 from ..models import Export, Hsm, Job, Key, KeyVersion
 from ..states import KeyState
 from . import hsm_ops
@@ -41,7 +43,8 @@ def load_recipient_key(pem: Any) -> tuple[str, str]:
         )
     try:
         public = serialization.load_pem_public_key(pem.strip().encode())
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # UnsupportedAlgorithm: a well-formed key of a type or curve this library does not know.
         raise ApplicationError(
             "recipient_public_key: is not a PEM public key",
             code="invalid",
@@ -140,27 +143,71 @@ def export_for_download(*, export_id: Any, user: Any) -> Export:
 # --- Import key -----------------------------------------------------------------------------------
 
 
-def import_key_info(*, hsm: Hsm, actor: Any = None) -> dict[str, Any]:
-    """The HSM's import public key (made on first use, which is audited) and how to wrap for it."""
-    backend = hsm.backend()
-    cka_id, created = hsm_ops.ensure_import_key(backend)
-    pem = backend.public_key_pem(cka_id, hsm_ops.IMPORT_KEY_ALGORITHM)
-    public = serialization.load_pem_public_key(pem.encode())
-    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    fingerprint = hashlib.sha256(der).hexdigest()
+def create_import_key(*, hsm: Hsm, actor: Any = None) -> bytes:
+    """Make the HSM's import key pair unless it has one (idempotent); the making is audited."""
+    cka_id, created = hsm_ops.ensure_import_key(hsm.backend())
     if created:
-        record(
-            "import_key.created",
-            actor=actor,
-            target_type="hsm",
-            target_id=hsm.pk,
-            details={"hsm": hsm.name, "cka_id": cka_id.hex(), "fingerprint": fingerprint},
+        with transaction.atomic():
+            record(
+                "import_key.created",
+                actor=actor,
+                target_type="hsm",
+                target_id=hsm.pk,
+                details={"hsm": hsm.name, "cka_id": cka_id.hex(), "fingerprint": _fingerprint(hsm, cka_id)},
+            )
+    return cka_id
+
+
+def ensure_import_keys() -> dict[str, str]:
+    """`manage.py kms_setup`: every registered HSM in service gets its import key.
+
+    The default HSM must answer (its failure raises); another HSM that cannot be reached now is
+    reported and skipped (setup runs again at every start). Returns HSM name -> "ok" or the error.
+    """
+    outcome = {}
+    for hsm in Hsm.objects.filter(retired_at__isnull=True).order_by("-is_default", "name"):
+        try:
+            create_import_key(hsm=hsm)
+        except HsmError as exc:
+            if hsm.is_default:
+                raise
+            outcome[hsm.name] = exc.message
+        else:
+            outcome[hsm.name] = "ok"
+    return outcome
+
+
+def _public_pem(hsm: Hsm, cka_id: bytes) -> str:
+    return hsm.backend().public_key_pem(cka_id, hsm_ops.IMPORT_KEY_ALGORITHM)
+
+
+def _fingerprint(hsm: Hsm, cka_id: bytes, pem: str | None = None) -> str:
+    public = serialization.load_pem_public_key((pem or _public_pem(hsm, cka_id)).encode())
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def import_key_id(hsm: Hsm) -> bytes:
+    """The CKA_ID of the HSM's import key; Conflict (409) while setup has not made it."""
+    cka_id = hsm_ops.find_import_key(hsm.backend())
+    if cka_id is None:
+        raise Conflict(
+            f"HSM {hsm.name} has no import key yet. An administrator makes it by running "
+            "`manage.py kms_setup` (which the run command does at every start).",
+            code="no_import_key",
         )
+    return cka_id
+
+
+def import_key_info(*, hsm: Hsm) -> dict[str, Any]:
+    """The HSM's import public key and how to wrap for it. A read: it makes nothing (see `create_import_key`)."""
+    cka_id = import_key_id(hsm)
+    pem = _public_pem(hsm, cka_id)
     return {
         "hsm": hsm.name,
         "algorithm": hsm_ops.IMPORT_KEY_ALGORITHM,
         "public_key_pem": pem,
-        "fingerprint": fingerprint,
+        "fingerprint": _fingerprint(hsm, cka_id, pem),
         "format": "encrypted_transport_key = RSA-OAEP(SHA-256, MGF1-SHA-256, no label) of a fresh AES-256 "
         "transport key; wrapped_key = AES key wrap (RFC 3394) of the key under the transport key; both base64",
     }

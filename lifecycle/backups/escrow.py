@@ -6,6 +6,12 @@ ceremony wraps the KEK under a fresh recovery key inside the HSM and splits the 
 (`shares`); each share exists in clear only in the browser of its holder, once, at hand-off, and in
 the worker's memory during a restore. Everywhere else it is sealed under an HSM envelope key or
 reduced to a fingerprint.
+
+Sealed shares wait for their holders only until the ceremony's `retrieve_by` (the setting
+KMS_ESCROW_SHARE_RETRIEVAL_HOURS after the shares were made, 72 hours by default): whoever holds the
+database and the HSM PIN could unseal them, so split knowledge holds only once each holder has taken
+theirs. Past the deadline the shares still sealed are wiped and the ceremony fails (`expire_ceremony`,
+from the beat or on the next attempt to take a share); a new ceremony is needed.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import F, QuerySet
@@ -32,6 +39,12 @@ from ..states import KeyState
 from . import hsm_ops, shares
 
 KEK_ALGORITHM = "AES-256"
+DEFAULT_RETRIEVAL_HOURS = 72
+
+
+def retrieval_window() -> dt.timedelta:
+    """How long the holders have to take their shares once the ceremony has made them."""
+    return dt.timedelta(hours=getattr(settings, "KMS_ESCROW_SHARE_RETRIEVAL_HOURS", DEFAULT_RETRIEVAL_HOURS))
 
 
 # --- Which key is the backup KEK ------------------------------------------------------------------
@@ -179,7 +192,8 @@ def record_escrow(job: Job, result: dict[str, Any]) -> EscrowCeremony:
     ceremony.recovery_fingerprint = result["recovery_fingerprint"]
     ceremony.state = CeremonyState.DISTRIBUTING
     ceremony.distributed_at = now
-    ceremony.save(update_fields=["wrapped_kek", "recovery_fingerprint", "state", "distributed_at"])
+    ceremony.retrieve_by = now + retrieval_window()
+    ceremony.save(update_fields=["wrapped_kek", "recovery_fingerprint", "state", "distributed_at", "retrieve_by"])
     superseded = []
     for older in (
         live_ceremonies()
@@ -198,14 +212,17 @@ def record_escrow(job: Job, result: dict[str, Any]) -> EscrowCeremony:
             "threshold": ceremony.threshold,
             "fingerprints": {str(i): by_index[i]["fingerprint"] for i in sorted(by_index)},
             "superseded": superseded,
+            "retrieve_by": ceremony.retrieve_by.isoformat(),
         },
     )
     return ceremony
 
 
-def end_ceremony(ceremony: EscrowCeremony, state: str, now: dt.datetime) -> None:
-    """End a ceremony (superseded, destroyed): wipe what could open the KEK, its wrapped form and any
-    share not yet handed off. The caller holds the ceremony's row lock."""
+def end_ceremony(
+    ceremony: EscrowCeremony, state: str, now: dt.datetime, *, details: dict[str, Any] | None = None
+) -> None:
+    """End a ceremony (superseded, destroyed, failed): wipe what could open the KEK, its wrapped form
+    and any share not yet handed off. The caller holds the ceremony's row lock."""
     ceremony.state = state
     ceremony.wrapped_kek = ""
     ceremony.ended_at = now
@@ -215,17 +232,55 @@ def end_ceremony(ceremony: EscrowCeremony, state: str, now: dt.datetime) -> None
         f"escrow.{state}",
         target_type="key",
         target_id=ceremony.kek_version.key_id,
-        details={"ceremony": str(ceremony.pk)},
+        details={"ceremony": str(ceremony.pk), **(details or {})},
     )
+
+
+def is_overdue(ceremony: EscrowCeremony, now: dt.datetime) -> bool:
+    """Shares are still waiting for their holders and the deadline to take them has passed."""
+    return (
+        ceremony.state == CeremonyState.DISTRIBUTING and ceremony.retrieve_by is not None and now > ceremony.retrieve_by
+    )
+
+
+def expire_ceremony(ceremony: EscrowCeremony, now: dt.datetime) -> None:
+    """A holder did not take their share in time: wipe the shares still sealed and the wrapped KEK,
+    and fail the ceremony (audited, naming who did not take theirs). The caller holds its row lock."""
+    waiting = list(ceremony.shares.filter(retrieved_at__isnull=True).select_related("holder").order_by("index"))
+    end_ceremony(
+        ceremony,
+        CeremonyState.FAILED,
+        now,
+        details={
+            "reason": "shares not taken in time",
+            "retrieve_by": ceremony.retrieve_by.isoformat() if ceremony.retrieve_by else None,
+            "not_taken": [{"index": s.index, "holder": s.holder.get_username()} for s in waiting],
+        },
+    )
+
+
+def expire_ceremonies(now: dt.datetime | None = None) -> int:
+    """Beat: fail the ceremonies whose shares were not all taken before their deadline."""
+    now = now or timezone.now()
+    count = 0
+    overdue = EscrowCeremony.objects.filter(state=CeremonyState.DISTRIBUTING, retrieve_by__lt=now)
+    for pk in overdue.values_list("pk", flat=True):
+        with transaction.atomic():
+            ceremony = EscrowCeremony.objects.select_for_update().select_related("kek_version").get(pk=pk)
+            if is_overdue(ceremony, now):
+                expire_ceremony(ceremony, now)
+                count += 1
+    return count
 
 
 def retrieve_share(*, share_id: Any, user: Any, otp: str | None) -> str:
     """Hand a share to its holder, exactly once. Returns the share's text.
 
     Under a row lock on the share: the caller must hold it, it must not have been handed off, its
-    ceremony must be live, and the caller's TOTP code must verify. The share is unsealed, checked
-    against its fingerprint, and wiped from the database in the same transaction that records the
-    hand-off; refusals are audited and raised after that transaction commits.
+    ceremony must be live and inside its deadline (a late attempt fails the ceremony now), and the
+    caller's TOTP code must verify. The share is unsealed, checked against its fingerprint, and wiped
+    from the database in the same transaction that records the hand-off; refusals are audited and
+    raised after that transaction commits. An HSM failure (HsmError) rolls everything back.
     """
     refusal: ApplicationError | None = None
     text = ""
@@ -239,8 +294,18 @@ def retrieve_share(*, share_id: Any, user: Any, otp: str | None) -> str:
         if share is None:
             raise NotFound("No such share.")
         ceremony = share.ceremony
+        now = timezone.now()
         if share.holder_id != user.pk:
             refusal = Forbidden("This share is held by another custodian.", code="not_share_holder")
+        elif is_overdue(ceremony, now):
+            ceremony = EscrowCeremony.objects.select_for_update().select_related("kek_version").get(pk=ceremony.pk)
+            if is_overdue(ceremony, now):
+                expire_ceremony(ceremony, now)
+            refusal = Conflict(
+                "The deadline to take the shares of this ceremony has passed; the shares not taken were wiped and "
+                "the ceremony failed. Ask for a new escrow ceremony.",
+                code="share_deadline_passed",
+            )
         elif share.retrieved_at is not None:
             refusal = Conflict(
                 "You took this share already; it is handed off once. If it is lost, ask for a new ceremony.",
@@ -261,7 +326,6 @@ def retrieve_share(*, share_id: Any, user: Any, otp: str | None) -> str:
             handed = shares.Share(ceremony_id=ceremony.pk, index=share.index, value=value)
             if handed.fingerprint != share.fingerprint:
                 raise ApplicationError("The stored share does not match its fingerprint; hold a new ceremony.")
-            now = timezone.now()
             share.sealed = ""
             share.retrieved_at = now
             share.save(update_fields=["sealed", "retrieved_at"])

@@ -23,11 +23,26 @@ def _justification() -> forms.CharField:
     )
 
 
+class OneTimeCodeInput(forms.TextInput):
+    """A one-time code is spent (or burnt by a failure) once it is submitted: a page shown again
+    after a refusal never puts it back into the field."""
+
+    def format_value(self, value: Any) -> None:
+        return None
+
+
+class SecretTextarea(forms.Textarea):
+    """A share is a secret: a page shown again after a refusal does not echo it back."""
+
+    def format_value(self, value: Any) -> None:
+        return None
+
+
 def _otp() -> forms.CharField:
     return forms.CharField(
         label="One-time code",
         max_length=12,
-        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
+        widget=OneTimeCodeInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
         help_text="The 6-digit code your authenticator shows now.",
     )
 
@@ -70,7 +85,7 @@ class ShareEntryForm(forms.Form):
     share = forms.CharField(
         label="Your share",
         max_length=400,
-        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
+        widget=SecretTextarea(attrs={"rows": 3, "autocomplete": "off", "spellcheck": "false"}),
         help_text="The whole line you were given, starting with kms-share:.",
     )
     otp = _otp()

@@ -5,8 +5,9 @@ process-wide lock and use the handle cache); the key-transport primitives themse
 keys, the import of a key wrapped for the import key, restore checks of private keys) are driver
 methods. Key material stays inside the HSM except where the driver's docstrings say otherwise.
 
-- The *import key* of an HSM (label kms-import-key, RSA-3072, non-extractable) is made on first
-  use; senders wrap keys for it (`Pkcs11Backend.unwrap_from_sender`).
+- The *import key* of an HSM (label kms-import-key, RSA-3072, non-extractable) is made by
+  `manage.py kms_setup` (`ensure_import_key`), never on a read; senders wrap keys for it
+  (`Pkcs11Backend.unwrap_from_sender`), and reads only look it up (`find_import_key`).
 - The *envelope key* of an HSM (label kms-share-envelope, AES-256, non-extractable) seals escrow
   shares that wait for their holder and shares entered for a restore (AES-GCM with an associated
   context that binds each to its ceremony or restore, index and holder). Every sealed value names
@@ -72,9 +73,14 @@ def _labelled(
     return ids[0]
 
 
+def find_import_key(backend: Pkcs11Backend) -> bytes | None:
+    """The import key pair's CKA_ID on this HSM, or None when it has none yet (nothing is made)."""
+    return _labelled(backend, _import_keys, IMPORT_KEY_LABEL, "private_key")
+
+
 def ensure_import_key(backend: Pkcs11Backend) -> tuple[bytes, bool]:
-    """The import key pair's CKA_ID on this HSM, made on first use. Returns (CKA_ID, created)."""
-    existing = _labelled(backend, _import_keys, IMPORT_KEY_LABEL, "private_key")
+    """The import key pair's CKA_ID on this HSM, made if missing (setup only). Returns (CKA_ID, created)."""
+    existing = find_import_key(backend)
     if existing:
         return existing, False
     cka_id = secrets.token_bytes(16)

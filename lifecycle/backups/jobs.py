@@ -14,11 +14,16 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from django.db import DatabaseError
+
+from kms_console.lib.errors import Conflict
+
 from ..hsm import HsmDataError, HsmError, HsmOperationError
 from ..models import Backup, EscrowCeremony, Job, JobKind, KeyVersion, Restore
 from ..services import keys
 from ..services.jobs import JobHandler, register_job_handler
 from ..services.steps import DESTRUCTION_HOOKS, object_label
+from ..states import KeyState
 from . import hsm_ops, shares
 from .backup import record_backup
 from .common import b64, unb64
@@ -111,17 +116,40 @@ def _is_the_backed_up_key(backend: Any, kcv: str, backup: Backup) -> bool:
     return True
 
 
+def _source_check(restore: Restore, version: KeyVersion) -> dict[str, Any]:
+    """For a restore into another HSM: does the HSM the version lives on now still hold its object?
+
+    `source_present` is True, False, or None when that HSM could not be asked (then the restore
+    records a copy there all the same: only a confirmed absence leaves none).
+    """
+    source = version.hsm
+    if source.pk == restore.target_hsm_id:
+        return {}
+    try:
+        present: bool | None = source.backend().exists(version.cka_id_bytes)
+    except HsmError:
+        present = None
+    return {"source_hsm": source.name, "source_hsm_id": str(source.pk), "source_present": present}
+
+
 def _restore_attempt(job: Job, restore: Restore) -> dict[str, Any]:
-    """1. If the target already holds the version's object with the right KCV, done (a re-run); a
+    """0. A version destroyed or scheduled for destruction is not restored.
+    1. If the target already holds the version's object with the right KCV, done (a re-run); a
        private key must also prove, by signing, that it belongs to the version's public key.
     2. Unseal the entered shares and recombine the recovery key; check its fingerprint.
     3. Unwrap the KEK under it into a session object; check the KEK's KCV.
     4. Unwrap the backup under the KEK into a token object with the version's CKA_ID; check the KCV,
        and destroy the object again if it does not match (nothing is left half-restored). A private
        key is checked against the version's recorded public key inside the driver, which also makes
-       the public-key object from that PEM when the target HSM lacks it (so the version verifies there)."""
-    backup = Backup.objects.select_related("version__key", "kek_version").get(pk=job.params["backup_id"])
+       the public-key object from that PEM when the target HSM lacks it (so the version verifies there).
+    5. For a restore into another HSM, ask the HSM the version lives on whether it still holds the
+       object (`_source_check`): the copy it keeps is recorded with the restore."""
+    backup = Backup.objects.select_related("version__key", "version__hsm", "kek_version").get(
+        pk=job.params["backup_id"]
+    )
     version, key = backup.version, backup.version.key
+    if version.state == KeyState.DESTROYED or version.destroy_after or key.destroy_after:
+        raise Conflict(f"Version {version.number} of {key.name} is destroyed or scheduled for destruction.")
     backend = restore.target_hsm.backend()
     existing = backend.lookup(version.cka_id_bytes, key.algorithm)
     if existing is not None:
@@ -129,7 +157,7 @@ def _restore_attempt(job: Job, restore: Restore) -> dict[str, Any]:
             raise HsmOperationError(
                 f"HSM {restore.target_hsm.name} holds another object under this version's CKA_ID; nothing was restored"
             )
-        return {"kcv": backup.kcv, "created": False, "hsm": restore.target_hsm.name}
+        return {"kcv": backup.kcv, "created": False, "hsm": restore.target_hsm.name, **_source_check(restore, version)}
     entered = restore_material(restore)
     recovery_key = shares.combine(entered)
     try:
@@ -164,16 +192,25 @@ def _restore_attempt(job: Job, restore: Restore) -> dict[str, Any]:
             f"the restored key's check value {made.kcv or 'none'} differs from the backup's {backup.kcv}; "
             "nothing was restored"
         )
-    return {"kcv": made.kcv, "created": made.created, "hsm": restore.target_hsm.name}
+    return {"kcv": made.kcv, "created": made.created, "hsm": restore.target_hsm.name, **_source_check(restore, version)}
 
 
 def _restore_run(job: Job) -> dict[str, Any]:
+    """Run the restore; a failure for good ends the restore and wipes its entered shares.
+
+    Only failures that trying again cannot mend end it: a permanent HSM error, a refusal
+    (ApplicationError), a bug. A transient HSM error and a database error (a deadlock, a lost
+    connection) leave the restore and its sealed shares as they are: the job runner retries the
+    job (lifecycle.services.jobs.run_job turns a DatabaseError into JobRetryLater).
+    """
     restore = Restore.objects.select_related("target_hsm", "ceremony").get(pk=job.params["restore_id"])
     try:
         return _restore_attempt(job, restore)
     except HsmError as exc:
         if not exc.transient:
             fail_restore(restore.pk, exc.message)
+        raise
+    except DatabaseError:
         raise
     except Exception as exc:
         message = getattr(exc, "message", "the restore could not be carried out")

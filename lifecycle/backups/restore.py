@@ -5,6 +5,10 @@ checked and sealed under the target HSM's envelope key (`enter_share`); the M-th
 restore job (lifecycle.backups.jobs), whose result is recorded by `record_restore`. Wrong,
 duplicated or foreign shares are refused and audited without changing anything; a window that
 closes or a job that fails for good ends the restore and wipes the entered shares.
+
+A restore into another HSM moves the version there; the HSM it lived on keeps a copy unless the
+job found the object gone, and that copy is recorded (`VersionCopy`) so that destruction destroys
+it too and the HSM is not retired while it holds one.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from audit.services import record
 from kms_console.lib.errors import ApplicationError, Conflict, Forbidden, NotFound
 from kms_console.lib.roles import Role
 
+from ..hsm import HsmOperationError
 from ..models import (
     Backup,
+    CopyEnd,
     EscrowCeremony,
     EscrowShare,
     Hsm,
@@ -37,6 +43,7 @@ from ..models import (
     Restore,
     RestoreShare,
     RestoreState,
+    VersionCopy,
 )
 from ..services.jobs import create_job
 from ..states import KeyState
@@ -293,15 +300,33 @@ def restore_material(restore: Restore) -> list[shares.Share]:
 
 
 def record_restore(job: Job, result: dict[str, Any]) -> Restore:
-    """The worker restored the version on the target HSM: record where it lives now."""
-    restore = Restore.objects.select_for_update().get(pk=job.params["restore_id"])
+    """The worker restored the version on the target HSM: record where it lives now, and the copy
+    it may have left where it lived before.
+
+    Under row locks (restore, version, key). A version destroyed while the job ran gets nothing
+    recorded: the object the job made on the target is destroyed again (and confirmed gone), and
+    the job fails.
+    """
+    restore = Restore.objects.select_for_update().select_related("target_hsm").get(pk=job.params["restore_id"])
     if restore.state == RestoreState.RESTORED:
         return restore
     version = KeyVersion.objects.select_for_update().select_related("key", "hsm").get(pk=job.version_id)
     key = Key.objects.select_for_update().get(pk=version.key_id)
+    if version.state == KeyState.DESTROYED:
+        _discard_restored(restore, version)
+        raise Conflict(
+            f"Version {version.number} of {key.name} was destroyed while it was being restored; the restored "
+            f"object was destroyed again on HSM {restore.target_hsm.name}."
+        )
     now = timezone.now()
-    moved_from = version.hsm.name
+    moved_from = version.hsm
+    copy_left = None
     if version.hsm_id != restore.target_hsm_id:
+        copy_left = _record_copy(version, moved_from, restore, result, now)
+        # A copy recorded on the target earlier is where the version lives now, not a copy.
+        VersionCopy.objects.filter(version=version, hsm_id=restore.target_hsm_id, ended_at__isnull=True).update(
+            ended_at=now, end=CopyEnd.PRIMARY
+        )
         version.hsm_id = restore.target_hsm_id
         version.save(update_fields=["hsm"])
         if key.primary_version_id == version.pk:
@@ -323,13 +348,43 @@ def record_restore(job: Job, result: dict[str, Any]) -> Restore:
             "key": key.name,
             "version": version.number,
             "kcv": result["kcv"],
-            "from_hsm": moved_from,
+            "from_hsm": moved_from.name,
             "hsm": restore.target_hsm.name,
             "created": result.get("created", True),
+            "copy_left_on": copy_left.hsm.name if copy_left is not None else None,
             "request": str(restore.request_id),
         },
     )
     return restore
+
+
+def _record_copy(
+    version: KeyVersion, source: Hsm, restore: Restore, result: dict[str, Any], now: dt.datetime
+) -> VersionCopy | None:
+    """The HSM the version moves away from keeps a copy, unless the job confirmed the object gone
+    there. (Not asked, or asked about another HSM than the one the version names now: a copy.)"""
+    checked_here = result.get("source_hsm_id") == str(source.pk)
+    seen = result.get("source_present") if checked_here else None
+    if seen is False:
+        return None
+    live = VersionCopy.objects.filter(version=version, hsm=source, ended_at__isnull=True).first()
+    if live is not None:
+        return live
+    return VersionCopy.objects.create(version=version, hsm=source, restore=restore, seen_present=seen, recorded_at=now)
+
+
+def _discard_restored(restore: Restore, version: KeyVersion) -> None:
+    """Destroy what a restore put on its target for a version destroyed meanwhile; confirm it is gone.
+
+    Whatever is on the target under the version's CKA_ID now came from this restore (a destroyed
+    version's objects were destroyed and confirmed absent), also when a re-run found it there.
+    """
+    backend = restore.target_hsm.backend()
+    backend.destroy(version.cka_id_bytes)
+    if backend.exists(version.cka_id_bytes):
+        raise HsmOperationError(
+            f"the object restored on HSM {restore.target_hsm.name} for a destroyed version is still there"
+        )
 
 
 def expire_restores(now: dt.datetime | None = None) -> int:

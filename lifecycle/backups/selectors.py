@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
+from django.utils import timezone
 
 from ..models import Backup, EscrowShare, Key, Restore, RestoreState
 from ..models.backups import LIVE_CEREMONY_STATES
@@ -24,9 +25,10 @@ def backups_for_key(key: Key) -> QuerySet[Backup]:
 
 
 def shares_waiting_for(user: Any) -> QuerySet[EscrowShare]:
-    """Shares of live ceremonies that this user holds and has not taken yet."""
+    """Shares of live ceremonies that this user holds and has not taken yet, inside their deadline."""
     return (
         EscrowShare.objects.filter(holder=user, retrieved_at__isnull=True, ceremony__state__in=LIVE_CEREMONY_STATES)
+        .filter(Q(ceremony__retrieve_by__isnull=True) | Q(ceremony__retrieve_by__gte=timezone.now()))
         .select_related("ceremony__kek_version__key")
         .order_by("ceremony__created_at", "index")
     )

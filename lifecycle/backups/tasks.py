@@ -11,6 +11,13 @@ from audit.context import acting
 
 from . import restore
 from .backup import verify_sample
+from .escrow import expire_ceremonies
+
+
+def close_windows() -> int:
+    """Restores whose share window ran out (or whose job failed for good) end and wipe their entered
+    shares; escrow ceremonies whose shares were not all taken in time fail and wipe the sealed ones."""
+    return restore.expire_restores() + expire_ceremonies()
 
 
 @shared_task(ignore_result=True)
@@ -18,12 +25,13 @@ def verify_backups() -> dict[str, int]:
     """Restore-test the least recently verified backups into session objects (KCV must match)."""
     with acting(None, via="beat"):
         counts = verify_sample()
-        counts["restores_closed"] = restore.expire_restores()
+        counts["restores_closed"] = close_windows()
         return counts
 
 
 @shared_task(ignore_result=True)
 def expire_restores() -> int:
-    """Close share windows that ran out and end restores whose job failed for good."""
+    """Close share windows that ran out: restores (and their entered shares) and escrow hand-offs
+    (the shares still sealed). Runs every few minutes (CELERY_BEAT_SCHEDULE "backups-expire-restores")."""
     with acting(None, via="beat"):
-        return restore.expire_restores()
+        return close_windows()

@@ -11,6 +11,7 @@ from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
@@ -20,10 +21,10 @@ from kms_console.lib.errors import ApplicationError
 from kms_console.lib.roles import Role
 from kms_console.lib.web import add_service_error, console_view, paginate
 
-from ..models import Backup, EscrowCeremony, EscrowShare, Hsm, Key, Restore
+from ..models import Backup, CeremonyState, EscrowCeremony, EscrowShare, Hsm, Key, Restore
 from . import selectors
 from .distribution import import_key_info
-from .escrow import current_ceremony, custody_gaps, retrieve_share
+from .escrow import current_ceremony, custody_gaps, is_overdue, retrieve_share
 from .forms import (
     BackupRequestForm,
     EscrowForm,
@@ -106,11 +107,33 @@ def ceremony_detail(request: HttpRequest, ceremony_id: uuid.UUID) -> HttpRespons
     return render(request, "backups/ceremony.html", {"ceremony": _ceremony(ceremony_id)})
 
 
+def _share_unavailable(share: EscrowShare) -> str:
+    """Why this share can no longer be taken ("" while it can): said at once, without asking for a code."""
+    ceremony = share.ceremony
+    if share.retrieved_at is not None:
+        return (
+            f"You took this share already, on {share.retrieved_at:%Y-%m-%d %H:%M} UTC. It is handed out once; "
+            "if it is lost, ask for a new escrow ceremony."
+        )
+    if is_overdue(ceremony, timezone.now()):
+        return (
+            f"The deadline to take this share passed on {ceremony.retrieve_by:%Y-%m-%d %H:%M} UTC: the shares not "
+            "taken are wiped and the ceremony fails. Ask for a new escrow ceremony."
+        )
+    if ceremony.state != CeremonyState.DISTRIBUTING or not share.sealed:
+        return f"The ceremony is {ceremony.get_state_display().lower()}; this share is no longer handed out."
+    return ""
+
+
 @never_cache
 @console_view(Role.CUSTODIAN)
 @require_http_methods(["GET", "POST"])
 def share_retrieve(request: HttpRequest, ceremony_id: uuid.UUID, index: int) -> HttpResponse:
-    """A holder takes their share: once, after a fresh one-time code; shown or downloaded, never stored."""
+    """A holder takes their share: once, after a fresh one-time code; shown or downloaded, never stored.
+
+    Anyone but the share's holder is refused at once (403), before a code is asked; a share that can
+    no longer be taken says why, without a form.
+    """
     share = (
         EscrowShare.objects.select_related("ceremony__kek_version__key")
         .filter(ceremony_id=ceremony_id, index=index)
@@ -118,6 +141,13 @@ def share_retrieve(request: HttpRequest, ceremony_id: uuid.UUID, index: int) -> 
     )
     if share is None:
         raise Http404("No such share.")
+    if share.holder_id != request.user.pk:
+        raise PermissionDenied("This share is held by another custodian; only its holder can take it.")
+    unavailable = _share_unavailable(share)
+    if unavailable:
+        return render(
+            request, "backups/share_retrieve.html", {"share": share, "form": None, "unavailable": unavailable}
+        )
     form = ShareRetrieveForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -132,7 +162,7 @@ def share_retrieve(request: HttpRequest, ceremony_id: uuid.UUID, index: int) -> 
                 response = render(request, "backups/share_shown.html", {"share": share, "text": text})
             response["Cache-Control"] = "no-store"
             return response
-    return render(request, "backups/share_retrieve.html", {"share": share, "form": form})
+    return render(request, "backups/share_retrieve.html", {"share": share, "form": form, "unavailable": ""})
 
 
 def _key(key_id: uuid.UUID) -> Key:
@@ -244,7 +274,7 @@ def import_key(request: HttpRequest) -> HttpResponse:
     if hsm is None:
         raise Http404("No HSM is registered.")
     try:
-        info = import_key_info(hsm=hsm, actor=request.user)
+        info = import_key_info(hsm=hsm)
     except ApplicationError as exc:
         messages.error(request, exc.message)
         info = None

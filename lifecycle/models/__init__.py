@@ -3,12 +3,14 @@ from __future__ import annotations
 from .backups import (
     Backup,
     CeremonyState,
+    CopyEnd,
     EscrowCeremony,
     EscrowShare,
     Export,
     Restore,
     RestoreShare,
     RestoreState,
+    VersionCopy,
 )
 from .hsms import Hsm
 from .jobs import Job, JobKind, JobStatus
@@ -19,6 +21,7 @@ __all__ = [
     "Backup",
     "BackupRule",
     "CeremonyState",
+    "CopyEnd",
     "DestructionCertificate",
     "EscrowCeremony",
     "EscrowShare",
@@ -37,4 +40,5 @@ __all__ = [
     "Restore",
     "RestoreShare",
     "RestoreState",
+    "VersionCopy",
 ]

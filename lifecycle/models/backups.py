@@ -9,6 +9,12 @@ Nothing here holds plaintext key material:
   the share's fingerprint remains.
 - `Export` holds a version wrapped for a recipient's RSA key, readable only with the recipient's
   private key.
+- `VersionCopy` names an HSM besides `KeyVersion.hsm` that holds (or may hold) a version's
+  material, so that destruction reaches every copy and an HSM holding one is not retired.
+
+Every model's default manager is `TrailOrderedManager`: a row lock takes the audit chain head
+first, the one lock order of the console (audit.locking), so these rows cannot deadlock with a
+transaction that recorded an event first.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+
+from audit.locking import TrailOrderedManager
 
 
 class Backup(models.Model):
@@ -41,6 +49,8 @@ class Backup(models.Model):
     request = models.ForeignKey(
         "approvals.ApprovalRequest", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         ordering = ["-created_at"]
@@ -78,6 +88,7 @@ class CeremonyState(models.TextChoices):
     COMPLETE = "complete", "Every share handed off"
     SUPERSEDED = "superseded", "Superseded"
     DESTROYED = "destroyed", "Destroyed with the KEK"
+    FAILED = "failed", "Failed: shares not taken in time"
 
 
 LIVE_CEREMONY_STATES = (CeremonyState.DISTRIBUTING, CeremonyState.COMPLETE)
@@ -89,8 +100,9 @@ class EscrowCeremony(models.Model):
     The key whose primary version has a live ceremony is the backup KEK. States:
     pending -> distributing -> complete; distributing|complete -> superseded (a newer ceremony for
     the same KEK version; its wrapped KEK is wiped, so old shares open nothing) or destroyed (the KEK
-    was destroyed). `recovery_fingerprint` is SHA-256 over the recovery key: it lets a restore
-    check the recombined key without storing it.
+    was destroyed); distributing -> failed (a share was not taken by `retrieve_by`: the shares still
+    sealed and the wrapped KEK are wiped, and a new ceremony is needed). `recovery_fingerprint` is
+    SHA-256 over the recovery key: it lets a restore check the recombined key without storing it.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -102,6 +114,10 @@ class EscrowCeremony(models.Model):
     recovery_fingerprint = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField()
     distributed_at = models.DateTimeField(null=True, blank=True)
+    # Every holder must take their share before this (set when the shares are sealed); past it the
+    # shares still sealed are wiped and the ceremony fails, so no one who holds the database and the
+    # HSM PIN can unseal them at leisure.
+    retrieve_by = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     job = models.ForeignKey("lifecycle.Job", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
@@ -109,8 +125,14 @@ class EscrowCeremony(models.Model):
         "approvals.ApprovalRequest", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
 
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
+
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            # The expiry sweep reads distributing ceremonies by their hand-off deadline.
+            models.Index(fields=["state", "retrieve_by"], name="lifecycle_escrow_deadline_idx"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(threshold__gte=2) & models.Q(share_count__gte=models.F("threshold")),
@@ -139,6 +161,8 @@ class EscrowShare(models.Model):
     fingerprint = models.CharField(max_length=64, blank=True)
     sealed = models.TextField(blank=True)
     retrieved_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         ordering = ["ceremony", "index"]
@@ -179,6 +203,8 @@ class Restore(models.Model):
     restored_kcv = models.CharField(max_length=64, blank=True)
     error = models.TextField(blank=True)
 
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
+
     class Meta:
         ordering = ["-created_at"]
         indexes = [
@@ -198,6 +224,8 @@ class RestoreShare(models.Model):
     custodian = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     sealed = models.TextField(blank=True)
     entered_at = models.DateTimeField()
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
 
     class Meta:
         ordering = ["entered_at", "id"]
@@ -226,8 +254,55 @@ class Export(models.Model):
     job = models.ForeignKey("lifecycle.Job", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     request = models.ForeignKey("approvals.ApprovalRequest", on_delete=models.PROTECT, related_name="+")
 
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
+
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"export of {self.version} to {self.recipient}"
+
+
+class CopyEnd(models.TextChoices):
+    DESTROYED = "destroyed", "Destroyed and confirmed absent"
+    PRIMARY = "primary", "The version lives there again"
+
+
+class VersionCopy(models.Model):
+    """An HSM other than `version.hsm` that holds, or may hold, a copy of the version's material.
+
+    A restore into another HSM moves the version there (`version.hsm`); the HSM it came from keeps
+    its object unless the restore found it gone, and is recorded here. Destruction destroys the
+    version on `version.hsm` and on every live copy's HSM, confirms absence on each and lists them
+    all in the certificate (which ends the copy: `ended_at`, `end` = destroyed); an HSM with a live
+    copy cannot be retired. A later restore back into that HSM ends the copy (`end` = primary).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    version = models.ForeignKey("lifecycle.KeyVersion", on_delete=models.PROTECT, related_name="copies")
+    hsm = models.ForeignKey("lifecycle.Hsm", on_delete=models.PROTECT, related_name="version_copies")
+    restore = models.ForeignKey(Restore, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    # What the restore saw on that HSM: True (the object was there), None (the HSM could not be asked).
+    seen_present = models.BooleanField(null=True)
+    recorded_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end = models.CharField(max_length=16, choices=CopyEnd.choices, blank=True)
+
+    objects = TrailOrderedManager()  # row locks take the audit chain head first
+
+    class Meta:
+        ordering = ["recorded_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "hsm"],
+                condition=models.Q(ended_at__isnull=True),
+                name="lifecycle_versioncopy_one_live",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"copy of {self.version_id} on {self.hsm_id}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.ended_at is None

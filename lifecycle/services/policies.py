@@ -10,7 +10,7 @@ from django.utils import timezone
 from audit.services import record
 from kms_console.lib.errors import ApplicationError, Conflict
 
-from ..models import Hsm, Policy, PolicyVersion
+from ..models import Hsm, Policy, PolicyVersion, VersionCopy
 from ..policies import clean_settings
 
 
@@ -105,11 +105,25 @@ def hsm_register(
 
 @transaction.atomic
 def hsm_retire(*, hsm: Hsm, actor: Any, request: Any = None) -> Hsm:
+    """Retire an HSM that holds nothing of the console's: no version lives there and no version has a
+    copy there (a restore into another HSM leaves one; destroying the version removes it)."""
     hsm = Hsm.objects.select_for_update().get(pk=hsm.pk)
     if hsm.is_default:
         raise Conflict("The default HSM cannot be retired.", code="hsm_default")
     if hsm.versions.exclude(state="destroyed").exists():
         raise Conflict(f"HSM {hsm.name} still holds live key versions.", code="hsm_in_use")
+    copies = list(
+        VersionCopy.objects.filter(hsm=hsm, ended_at__isnull=True)
+        .select_related("version__key")
+        .order_by("version__key__name", "version__number")
+    )
+    if copies:
+        named = ", ".join(f"{c.version.key.name} v{c.version.number}" for c in copies[:10])
+        raise Conflict(
+            f"HSM {hsm.name} still holds copies of key versions that were restored into another HSM ({named}"
+            f"{', …' if len(copies) > 10 else ''}); they go when those versions are destroyed.",
+            code="hsm_in_use",
+        )
     hsm.retired_at = timezone.now()
     hsm.save(update_fields=["retired_at"])
     record(

@@ -7,6 +7,8 @@ callbacks fire.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -120,3 +122,21 @@ def other_hsm(kms: Any) -> Hsm:
         pin_env="KMS_HSM2_PIN",
         registered_at=timezone.now(),
     )
+
+
+@pytest.fixture
+def import_key(kms: Any) -> bytes:
+    """The default HSM's import key, as `manage.py kms_setup` makes it (reads never make it)."""
+    from lifecycle.backups.distribution import create_import_key
+
+    return create_import_key(hsm=kms.hsm)
+
+
+@contextlib.contextmanager
+def jobs_held_back(monkeypatch: Any) -> Iterator[None]:
+    """Jobs queued in this block are not sent to the (eager) broker: the test runs them itself."""
+    from lifecycle.services import jobs
+
+    with monkeypatch.context() as patch:
+        patch.setattr(jobs, "dispatch", lambda job_id: None)
+        yield

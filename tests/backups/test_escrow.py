@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,7 +12,8 @@ from approvals.services import open_request
 from audit.models import AuditEvent
 from kms_console.lib.errors import ApplicationError
 from lifecycle.backups import shares
-from lifecycle.backups.escrow import current_ceremony, custody_gaps, retrieve_share
+from lifecycle.backups.escrow import current_ceremony, custody_gaps, expire_ceremonies, retrieve_share
+from lifecycle.backups.tasks import close_windows
 from lifecycle.models import CeremonyState, EscrowCeremony, EscrowShare, Job
 from lifecycle.services.jobs import run_job
 from tests.backups.conftest import hold_escrow, take_shares
@@ -149,3 +151,56 @@ def test_custodians_and_auditors_cannot_request_a_ceremony(cast: SimpleNamespace
                 parameters={"custodians": ["bob", "carol"], "threshold": 2},
             )
         assert excinfo.value.code == "role_required"
+
+
+# --- The deadline to take the shares --------------------------------------------------------------
+
+
+def test_the_shares_must_be_taken_before_the_ceremonys_deadline(
+    cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony, settings: Any
+) -> None:
+    assert escrow.retrieve_by == escrow.distributed_at + dt.timedelta(hours=settings.KMS_ESCROW_SHARE_RETRIEVAL_HOURS)
+    bob_share = escrow.shares.get(holder=cast.bob)
+    retrieve_share(share_id=bob_share.pk, user=cast.bob, otp=fresh_otp(cast.bob, clock))
+    # Before the deadline the beat leaves the ceremony alone.
+    clock.advance(seconds=(escrow.retrieve_by - clock.now()).total_seconds() - 60)
+    assert expire_ceremonies() == 0
+    clock.advance(minutes=2)
+    carol_share = escrow.shares.get(holder=cast.carol)
+    with pytest.raises(ApplicationError) as late:
+        retrieve_share(share_id=carol_share.pk, user=cast.carol, otp=fresh_otp(cast.carol, clock))
+    assert late.value.code == "share_deadline_passed"
+    escrow.refresh_from_db()
+    assert escrow.state == CeremonyState.FAILED and escrow.ended_at is not None
+    assert escrow.wrapped_kek == "" and set(escrow.shares.values_list("sealed", flat=True)) == {""}
+    assert escrow.shares.get(holder=cast.bob).retrieved_at is not None  # what was handed off stays recorded
+    failed = AuditEvent.objects.get(action="escrow.failed")
+    assert [n["holder"] for n in failed.details["not_taken"]] == ["carol", "dave"]
+    assert AuditEvent.objects.filter(action="escrow.share_refused", details__reason="share_deadline_passed").exists()
+    # A failed ceremony cannot recover the KEK: a backup needs a new one.
+    assert current_ceremony() is None
+    assert expire_ceremonies() == 0  # nothing left to do, and nothing done twice
+
+
+def test_the_beat_fails_a_ceremony_whose_shares_were_not_all_taken(
+    cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony, settings: Any
+) -> None:
+    clock.advance(hours=settings.KMS_ESCROW_SHARE_RETRIEVAL_HOURS, seconds=1)
+    assert close_windows() == 1
+    escrow.refresh_from_db()
+    assert escrow.state == CeremonyState.FAILED
+    assert set(escrow.shares.values_list("sealed", flat=True)) == {""}
+
+
+def test_a_complete_ceremony_has_no_deadline_left(cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony) -> None:
+    take_shares(escrow, clock)
+    clock.advance(days=30)
+    assert expire_ceremonies() == 0
+    escrow.refresh_from_db()
+    assert escrow.state == CeremonyState.COMPLETE
+
+
+def test_the_deadline_follows_the_setting(cast: SimpleNamespace, clock: Any, kek: Any, settings: Any) -> None:
+    settings.KMS_ESCROW_SHARE_RETRIEVAL_HOURS = 2
+    ceremony = hold_escrow(kek, cast, clock)
+    assert ceremony.retrieve_by - ceremony.distributed_at == dt.timedelta(hours=2)

@@ -28,7 +28,7 @@ def test_audit_chain_passes_when_it_verifies_and_a_checkpoint_covers_it(clock: A
     result = run("audit_chain")
 
     assert result.status == PASS, result.offenders
-    assert result.figure.startswith(f"The chain of {checkpoint.seq} events verifies; 1 checkpoints verify;")
+    assert result.figure.startswith(f"The chain of {checkpoint.seq} events verifies; 1 checkpoint verifies;")
     assert f"last checkpoint at #{checkpoint.seq} signed 0 min ago (limit 24 h)" in result.figure
 
 

@@ -1,4 +1,5 @@
-"""Prepare an installation: local SoftHSM token (when asked), default HSM, audit signing key, policy.
+"""Prepare an installation: local SoftHSM token (when asked), default HSM, audit signing key, import
+keys (bring your own key), policy.
 
 Idempotent: run it on every start. `--init-softhsm` writes ./var/softhsm2.conf, makes the token
 `kms-default` with random SO and user PINs in 0600 files under ./var/secrets/ unless it exists.
@@ -18,6 +19,7 @@ from django.utils import timezone
 from audit.services import record, sign_checkpoint
 from kms_console.lib.commands import KmsCommand
 from lifecycle.audit_signer import ensure_signing_key
+from lifecycle.backups.distribution import ensure_import_keys
 from lifecycle.hsm import default_backend, softhsm
 from lifecycle.models import Hsm, Policy
 from lifecycle.policies import STANDARD_POLICY, standard_settings
@@ -42,6 +44,8 @@ class Command(KmsCommand):
         self._register_default_hsm()
         cka_id = ensure_signing_key()
         self.stderr.write(f"Audit signing key on token {backend.token_label!r}: CKA_ID {cka_id.hex()}")
+        for name, status in ensure_import_keys().items():  # made here, never on a read (BYOK)
+            self.stderr.write(f"Import key on HSM {name!r}: {status}")
         if not Policy.objects.filter(name=STANDARD_POLICY).exists():
             with transaction.atomic():
                 policy_apply(name=STANDARD_POLICY, settings=standard_settings(), actor=None)
