@@ -2,8 +2,11 @@
 
 The order a person goes through (accounts.middleware sends them to the step they are missing):
 1. username and password (`login`): failures are counted and audited; enough of them lock the
-   account for a while, and a locked account is refused even with the right password;
-2. the TOTP code (`otp`) for everyone with a confirmed device; wrong codes count as failed sign-ins;
+   account for KMS_LOGIN_LOCKOUT_SECONDS (the lock runs out by itself; nobody lifts it), and a
+   locked account is refused even with the right password. Service accounts (api_client) are
+   refused here even with the right password: they use API tokens (audited as a failed sign-in);
+2. the TOTP code (`otp`) for everyone with a confirmed device; wrong codes count as failed sign-ins.
+   A lost device is reset by an operator (`manage.py kms_user reset-totp NAME`), not in the console;
 3. enrolment (`enrol`) for privileged users without a device: QR code plus the secret in text,
    confirmed with a first code;
 4. custodians without a current acknowledgement read and accept the responsibilities text.
@@ -14,12 +17,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 import re
 from typing import Any
 from urllib.parse import urlencode
 
 import qrcode
 import qrcode.image.svg
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import authenticate
 from django.contrib.auth import login as auth_login
@@ -29,6 +34,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
@@ -51,11 +57,45 @@ def _with_next(url_name: str, next_url: str) -> str:
     return f"{reverse(url_name)}?{urlencode({'next': next_url})}"
 
 
+def _duration(seconds: float) -> str:
+    """'15 minutes', '1 minute', '40 seconds': a wait in words, rounded up."""
+    seconds = max(1, math.ceil(seconds))
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = seconds // 60
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
 def _locked_message(until: dt.datetime) -> str:
+    # There is no unlock function in the console: the lock simply runs out (KMS_LOGIN_LOCKOUT_SECONDS).
     return (
         f"Too many failed sign-ins: this account is locked until {until.astimezone(dt.UTC):%H:%M} UTC. "
-        "Try again then, or ask a security officer for help."
+        f"The lock ends by itself then ({_duration(settings.KMS_LOGIN_LOCKOUT_SECONDS)} after the last failed "
+        "try); nobody needs to unlock it. Sign in again after that time."
     )
+
+
+def _throttle_wait(device: TOTPDevice) -> dt.datetime | None:
+    """Until when django-otp refuses every code of this device after failed tries (None: it accepts codes)."""
+    allowed, data = device.verify_is_allowed()
+    if allowed or not data or not data.get("locked_until"):
+        return None
+    return data["locked_until"]
+
+
+def _throttled_message(until: dt.datetime) -> str:
+    wait = _duration((until - timezone.now()).total_seconds())
+    return (
+        f"Codes are refused for {wait} more, even a correct one: after a wrong code the authenticator is "
+        f"paused for a short time that doubles with each wrong try (until {until.astimezone(dt.UTC):%H:%M:%S} UTC). "
+        "Wait, then enter the code your app shows at that time."
+    )
+
+
+SERVICE_ACCOUNT_MESSAGE = (
+    "This is a service account (API client). Service accounts do not sign in to the console: they use "
+    "the REST API at /api/v1/ with an API token (Authorization: Token …)."
+)
 
 
 def _sign_out_locked(request: HttpRequest, until: dt.datetime) -> HttpResponse:
@@ -111,6 +151,10 @@ def login_view(request: HttpRequest) -> HttpResponse:
                     if locked_until
                     else "The username or password is not correct. Check them and try again.",
                 )
+            elif Role.API_CLIENT in services.roles_of(user):
+                # Right password, wrong door: recorded as a failed sign-in, and no session is opened.
+                services.register_login_failure(username, reason="service account")
+                form.add_error(None, SERVICE_ACCOUNT_MESSAGE)
             else:
                 auth_login(request, user)
                 if services.has_confirmed_device(user):
@@ -138,6 +182,8 @@ def otp_view(request: HttpRequest) -> HttpResponse:
         locked_until = services.login_locked_until(user.get_username())
         if locked_until is not None:
             return _sign_out_locked(request, locked_until)
+        pending = services.confirmed_device(user)
+        throttled_until = _throttle_wait(pending) if pending is not None else None
         # The device's replay and throttle counters must be saved even when the code is refused.
         with transaction.atomic():
             device = services.verify_user_otp(user=user, code=form.cleaned_data["code"], purpose="sign-in")
@@ -147,11 +193,14 @@ def otp_view(request: HttpRequest) -> HttpResponse:
         locked_until = services.register_login_failure(user.get_username(), reason="wrong one-time password")
         if locked_until is not None:
             return _sign_out_locked(request, locked_until)
-        form.add_error(
-            "code",
-            "That code was not accepted: it is wrong, was used already, or came too soon after a failed try. "
-            "Wait for the next code and enter it.",
-        )
+        if throttled_until is not None:
+            form.add_error("code", f"That code was not checked. {_throttled_message(throttled_until)}")
+        else:
+            form.add_error(
+                "code",
+                "That code was not accepted: it is wrong, or was used already. Wait for the next code and enter "
+                "it (after a wrong code, codes are refused for a second or two).",
+            )
     forget_value(form, "code")
     return render(request, "accounts/otp.html", {"form": form, "next": next_url, "hide_nav": True})
 
@@ -207,11 +256,23 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
     device = _pending_device(request, user)
     form = CodeForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
+        # django-otp refuses every code for a moment after a wrong one: say so rather than blame the clock.
+        throttled_until = _throttle_wait(device)
         try:
             confirmed = services.confirm_totp_enrolment(user=user, device_id=device.pk, code=form.cleaned_data["code"])
         except ApplicationError as exc:
-            add_service_error(form, exc, default_field="code")
             device = _pending_device(request, user)
+            if exc.code == "otp_invalid" and throttled_until is not None:
+                form.add_error("code", f"That code was not checked. {_throttled_message(throttled_until)}")
+            else:
+                add_service_error(form, exc, default_field="code")
+                wait_until = _throttle_wait(device) if exc.code == "otp_invalid" else None
+                if wait_until is not None:
+                    form.add_error(
+                        "code",
+                        f"Wait {_duration((wait_until - timezone.now()).total_seconds())} before the next try: "
+                        "after a wrong code, codes are refused for a short time.",
+                    )
         else:
             request.session.pop(ENROL_SESSION_KEY, None)
             if was_verified:

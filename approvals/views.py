@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from django.contrib import messages
-from django.core.exceptions import ObjectDoesNotExist
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -169,7 +169,8 @@ def _detail_context(request: HttpRequest, req: ApprovalRequest, form: DecisionFo
         "is_requester": is_requester,
         "eligible_role": eligible_role,
         "form": form if show_form else None,
-        "may_cancel": pending and is_requester,
+        # A mandatory review is not the requester's to withdraw: it checks their own immediate step.
+        "may_cancel": pending and is_requester and req.review_of_id is None,
         "may_retry": req.state == RequestState.FAILED and Role.CUSTODIAN in roles,
         "jobs": jobs,
         "jobs_active": any(job.status in ("queued", "running") for job in jobs),
@@ -183,10 +184,15 @@ def _get_request(request_id: uuid.UUID) -> ApprovalRequest:
     return get_object_or_404(ApprovalRequest.objects.select_related("requester", "review_of"), pk=request_id)
 
 
+@sensitive_post_parameters("otp")
 @console_view()
-@require_http_methods(["GET", "HEAD"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def request_detail(request: HttpRequest, request_id: uuid.UUID) -> HttpResponse:
+    """The request page. Its decision form posts here: a refusal is shown on this page (this URL),
+    and a recorded decision redirects back to it (POST-redirect-GET), so a reload never resends."""
     req = _get_request(request_id)
+    if request.method == "POST":
+        return _decide(request, req)
     return render(request, "approvals/request_detail.html", _detail_context(request, req, None))
 
 
@@ -194,7 +200,15 @@ def request_detail(request: HttpRequest, request_id: uuid.UUID) -> HttpResponse:
 @console_view(*DECISION_FORM_ROLES)
 @require_POST
 def request_decide(request: HttpRequest, request_id: uuid.UUID) -> HttpResponse:
-    req = _get_request(request_id)
+    """The former target of the decision form (pages opened before it moved still post here)."""
+    return _decide(request, _get_request(request_id))
+
+
+def _decide(request: HttpRequest, req: ApprovalRequest) -> HttpResponse:
+    """Record the user's approval or rejection through the engine; its refusals become form errors."""
+    if not user_roles(request.user) & DECISION_FORM_ROLES:
+        raise PermissionDenied("Your roles do not decide on requests: custodians and security officers do.")
+    request_id = req.pk
     form = DecisionForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data

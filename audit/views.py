@@ -23,9 +23,17 @@ from .models import AuditEvent
 PAGE_SIZE = 50
 
 
+# The page's filter parameters. "from" and "to" (the labels of the date fields) work as well as
+# "since" and "until"; anything else in the query string is named as ignored, never silently dropped.
+DATE_ALIASES = {"from": "since", "to": "until"}
+NOT_FILTERS = frozenset({"page"})
+
+
 class AuditFilterForm(forms.Form):
     action = forms.CharField(
-        required=False, max_length=64, help_text="Exact action, or a prefix ending in a dot (key.)"
+        required=False,
+        max_length=64,
+        help_text="Part of an action: login finds auth.login and auth.login_failed. End with a dot for a family (key.).",
     )
     actor = forms.CharField(required=False, max_length=150)
     target_type = forms.CharField(required=False, max_length=32, label="Target type")
@@ -45,7 +53,7 @@ class AuditFilterForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["action"].widget.attrs["placeholder"] = "e.g. request.approved or key."
+        self.fields["action"].widget.attrs["placeholder"] = "e.g. login, approved or key."
         self.fields["actor"].widget.attrs["placeholder"] = "username or system"
 
     def clean(self) -> dict[str, Any]:
@@ -56,12 +64,13 @@ class AuditFilterForm(forms.Form):
         return data
 
     def apply(self, queryset: Any) -> Any:
+        """Narrow the events by the filters that are valid (call after is_valid(), whatever it said)."""
         data = self.cleaned_data
         action = (data.get("action") or "").strip()
         if action.endswith("."):
             queryset = queryset.filter(action__startswith=action)
         elif action:
-            queryset = queryset.filter(action=action)
+            queryset = queryset.filter(action__icontains=action)
         for field in ("actor", "target_type", "target_id"):
             value = (data.get(field) or "").strip()
             if value:
@@ -79,10 +88,26 @@ class AuditFilterForm(forms.Form):
         return {name: str(value) for name, value in self.cleaned_data.items() if value not in (None, "")}
 
 
+def _filter_data(request: HttpRequest) -> tuple[Any, list[str]]:
+    """The query string as the filter form's data ("from"/"to" read as "since"/"until"), and the
+    names of parameters that are no filter of this page."""
+    data = request.GET.copy()
+    for alias, name in DATE_ALIASES.items():
+        if alias in data:
+            if not data.get(name):
+                data[name] = data[alias]
+            del data[alias]
+    ignored = sorted(name for name in data if name not in AuditFilterForm.base_fields and name not in NOT_FILTERS)
+    return (data or None), ignored
+
+
 def _events_context(request: HttpRequest) -> dict[str, Any]:
-    form = AuditFilterForm(request.GET or None)
+    data, ignored = _filter_data(request)
+    form = AuditFilterForm(data)
     queryset = AuditEvent.objects.order_by("-seq")
-    if form.is_bound and form.is_valid():
+    if form.is_bound:
+        # An invalid filter is shown next to its field and left out; the valid ones still apply.
+        form.is_valid()
         queryset = form.apply(queryset)
     page = paginate(request, queryset, PAGE_SIZE)
     events = [{"event": event, "details": json.dumps(event.details, sort_keys=True)} for event in page]
@@ -96,9 +121,11 @@ def _events_context(request: HttpRequest) -> dict[str, Any]:
     head_seq, head_hash = services.chain_head()
     return {
         "filter_form": form,
+        "filter_errors": form.is_bound and bool(form.errors),
+        "ignored_parameters": ignored,
         "page_obj": page,
         "events": events,
-        "filtered": bool(form.used_filters()),
+        "filtered": bool(form.used_filters()) or (form.is_bound and bool(form.errors)),
         "head_seq": head_seq,
         "head_hash": head_hash,
         "checkpoint": services.latest_checkpoint(),

@@ -14,11 +14,12 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
+from kms_console.lib.errors import ApplicationError
 from kms_console.lib.roles import APPROVER_ROLES, Role
 
 from .hsm.base import ALGORITHMS, USAGE_ENCRYPT_DECRYPT, USAGE_MAC, USAGE_SIGN_VERIFY, USAGE_WRAP_UNWRAP
 from .models import BackupRule, Hsm, Key, Policy, PolicyVersion
-from .policies import QUORUM_OPERATIONS, STANDARD_POLICY
+from .policies import QUORUM_OPERATIONS, STANDARD_POLICY, clean_settings, settings_of
 
 USAGE_CHOICES = [
     (USAGE_ENCRYPT_DECRYPT, "Encrypt and decrypt data (AES)"),
@@ -326,13 +327,23 @@ class PolicyForm(RequestForm):
     )
     backup = forms.ChoiceField(label="Backups", choices=BackupRule.choices)
     exportable = forms.BooleanField(label="Allow wrapped export of keys", required=False)
+    keep_description = forms.BooleanField(
+        label="Keep this description: it still fits the proposed settings",
+        required=False,
+        help_text="Tick only if you changed settings and the current description still describes them.",
+    )
     justification = justification_field()
 
     def __init__(self, *args: Any, current: PolicyVersion | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.is_new = current is None
+        self.current = current
         if current is not None:
             del self.fields["name"]
+            self.fields["description"].help_text = (
+                f"Version {current.number}'s description, filled in for you: rewrite it when the settings you "
+                "change appear in it."
+            )
             for name in (
                 "description",
                 "originator_period_days",
@@ -346,6 +357,7 @@ class PolicyForm(RequestForm):
                 self.fields[name].initial = getattr(current, name)
             self.fields["algorithms"].initial = list(current.algorithms)
         else:
+            del self.fields["keep_description"]  # a new policy has no description to keep
             self.fields["algorithms"].initial = sorted(ALGORITHMS)
             self.fields["destruction_wait_days"].initial = 30
             self.fields["backup"].initial = BackupRule.ALLOWED
@@ -385,6 +397,36 @@ class PolicyForm(RequestForm):
 
     def quorum_rows(self) -> list[tuple[str, list[forms.BoundField]]]:
         return [(op, [self[name] for name in names]) for op, names in self.quorum_fields]
+
+    def clean(self) -> dict[str, Any]:
+        """Refuse a proposal that changes settings but silently keeps the old description.
+
+        The description is filled in with the current version's text, which often restates the
+        settings ("30 days before destruction"); sent unchanged with new settings it would describe
+        the old ones. The proposer either rewrites it or ticks `keep_description`.
+        """
+        data = super().clean()
+        if self.current is None or self.errors or data.get("keep_description"):
+            return data
+        old_text = (self.current.description or "").strip()
+        if not old_text or (data.get("description") or "").strip() != old_text:
+            return data
+        # Both sides normalised the way the policy_change action compares them.
+        base = settings_of(self.current)
+        try:
+            proposed = clean_settings(self.parameters(), base=base)
+            current = clean_settings({}, base=base)
+        except ApplicationError:
+            return data  # invalid settings: opening the request names the problem next to its field
+        proposed.pop("description")
+        current.pop("description")
+        if proposed != current:
+            self.add_error(
+                "description",
+                f"You changed settings but kept version {self.current.number}'s description, which may describe "
+                "the old ones. Update it, or tick “Keep this description” if it still fits.",
+            )
+        return data
 
     def parameters(self) -> dict[str, Any]:
         data = self.cleaned_data

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 from django import forms
@@ -37,6 +39,8 @@ from approvals import services as approvals
 from approvals.models import ACTIVE_STATES, ApprovalRequest, RequestState
 from approvals.selectors import open_requests_of, requests_waiting_for
 from approvals.views import may_request_anything, with_approval_count
+from audit import services as audit_services
+from audit.models import AuditEvent
 from kms_console.lib.errors import ApplicationError
 from kms_console.lib.roles import PRIVILEGED_ROLES, Role
 from kms_console.lib.web import add_service_error, console_view, empty_choice, paginate, user_roles
@@ -57,11 +61,13 @@ from .hsm.base import ALGORITHMS
 from .models import DestructionCertificate, Hsm, Job, JobKind, JobStatus, Key, KeyGrant, Policy, PolicyVersion
 from .models.jobs import ACTIVE_JOB_STATUSES
 from .policies import QUORUM_OPERATIONS, quorum_for
-from .selectors import key_timeline
+from .selectors import REVIEW, TRANSITION, TimelineEntry, key_timeline
 from .services import keys as key_services
 from .states import KeyState
 
 DASHBOARD_ROWS = 8
+# How many of the latest audit events an auditor's dashboard lists.
+RECENT_AUDIT_EVENTS = 10
 # Keys whose primary version stops protecting data within this many days show on the dashboard.
 NEARING_DAYS = 30
 JOB_STATUS_MAX_IDS = 50
@@ -84,6 +90,8 @@ OPERATION_HELP: dict[str, str] = {
 }
 # States in which a service account could ever use a key; a grant makes no sense after them.
 GRANTABLE_STATES = frozenset({KeyState.PRE_ACTIVATION, KeyState.ACTIVE, KeyState.SUSPENDED, KeyState.DEACTIVATED})
+# Steps that take effect at once and are reviewed by custodians afterwards.
+IMMEDIATE_OPERATIONS = frozenset({"suspend", "compromise"})
 
 
 # --- Helpers --------------------------------------------------------------------------------------
@@ -176,6 +184,111 @@ def _timeline_rows(entries: list[Any]) -> list[dict[str, Any]]:
     return rows
 
 
+# What a version of a key of each usage still does once it no longer protects new data.
+PROCESS_VERBS: dict[str, str] = {
+    "encrypt_decrypt": "decrypts",
+    "sign_verify": "verifies",
+    "mac": "verifies MACs",
+    "wrap_unwrap": "unwraps keys",
+}
+
+
+def _key_block(key: Key) -> str:
+    """Why nothing may use any version of the key now, even an active one ("" when nothing blocks it)."""
+    if key.state == KeyState.DESTROYED:
+        return ""  # its versions say "destroyed" themselves
+    if key.destroy_after is not None:
+        return "destruction scheduled"
+    if key.state == KeyState.SUSPENDED:
+        return "key suspended"
+    return ""
+
+
+def _period_cell(until: dt.datetime | None, now: dt.datetime, *, blocked: str) -> dict[str, Any]:
+    """A period's end; greyed out while the key blocks every use (the state column says why)."""
+    if until is None:
+        return {"when": None, "text": "—", "note": "", "muted": True, "paused": False}
+    if until <= now:
+        return {"when": until, "text": "", "note": "period ended", "muted": True, "paused": False}
+    return {
+        "when": until,
+        "text": "",
+        "note": "paused" if blocked else "",
+        "muted": bool(blocked),
+        "paused": bool(blocked),
+    }
+
+
+def version_rows(key: Key, versions: list[Any], now: dt.datetime) -> list[dict[str, Any]]:
+    """What each version of the key may do now, for the versions table (SPEC §4 usage rules).
+
+    A version's own state can say "active" while the key is suspended or scheduled for destruction:
+    `block` then says why nothing may use it. "Protects until" shows the end of the originator
+    period only for the version that still protects (the active primary); a deactivated,
+    compromised or destroyed version says it no longer does, with "processes until" where it
+    still decrypts or verifies.
+    """
+    process_verb = PROCESS_VERBS.get(key.usage, "processes data")
+    block = _key_block(key)
+    exception_until = key.process_exception_until if key.state == KeyState.COMPROMISED else None
+    rows = []
+    for version in versions:
+        state = version.state
+        live = state in (KeyState.PRE_ACTIVATION, KeyState.ACTIVE, KeyState.DEACTIVATED)
+        ended_at = {
+            KeyState.DEACTIVATED: version.deactivated_at,
+            KeyState.COMPROMISED: version.compromised_at,
+            KeyState.DESTROYED: version.destroyed_at,
+        }.get(state)
+        if state == KeyState.ACTIVE and version.pk == key.primary_version_id:
+            protects = _period_cell(version.originator_until, now, blocked=block)
+        elif state == KeyState.ACTIVE:
+            protects = {"when": None, "text": "No", "note": "only the primary version", "muted": True}
+        elif state == KeyState.PRE_ACTIVATION:
+            protects = {"when": None, "text": "Not yet", "note": "pre-activation", "muted": True}
+        else:
+            protects = {"when": None, "text": "No longer", "note": state.replace("_", " "), "muted": True}
+            protects["since"] = ended_at
+        if state in (KeyState.ACTIVE, KeyState.DEACTIVATED):
+            processes = _period_cell(version.recipient_until, now, blocked=block)
+            if state == KeyState.DEACTIVATED and not processes["muted"]:
+                processes["note"] = f"still {process_verb}"
+        elif state == KeyState.COMPROMISED and exception_until and exception_until > now:
+            processes = {"when": exception_until, "text": "", "note": "under an approved exception", "muted": False}
+        elif state == KeyState.PRE_ACTIVATION:
+            processes = {"when": None, "text": "Not yet", "note": "", "muted": True}
+        else:
+            processes = {"when": None, "text": "No longer", "note": "", "muted": True}
+        rows.append(
+            {
+                "version": version,
+                "block": block if live else "",
+                "protects": protects,
+                "processes": processes,
+            }
+        )
+    return rows
+
+
+def _immediate_review(timeline: list[TimelineEntry], open_requests: list[ApprovalRequest]) -> dict[str, Any]:
+    """The review of the immediate suspend or compromise that put the key in its current state:
+    `pending_review` (the open review request) or `review_outcome` (the decided review's entry)."""
+    last_change = next((e for e in reversed(timeline) if e.kind == TRANSITION and e.version is None), None)
+    immediate = last_change.request if last_change is not None else None
+    if immediate is None or immediate.operation not in IMMEDIATE_OPERATIONS:
+        return {"pending_review": None, "review_outcome": None}
+    pending = next((req for req in open_requests if req.review_of_id == immediate.pk), None)
+    outcome = next(
+        (
+            e
+            for e in reversed(timeline)
+            if e.kind == REVIEW and e.reviewed is not None and e.reviewed.pk == immediate.pk
+        ),
+        None,
+    )
+    return {"pending_review": pending, "review_outcome": outcome}
+
+
 def _available_operations(key: Key, roles: set[str], pending_ops: set[str]) -> list[dict[str, Any]]:
     """The key operations this user may ask for now: the state machine, the roles, and open requests agree."""
     available = []
@@ -211,15 +324,27 @@ def _available_operations(key: Key, roles: set[str], pending_ops: set[str]) -> l
 @console_view()
 @require_http_methods(["GET", "HEAD"])
 def dashboard(request: HttpRequest) -> HttpResponse:
+    """The signed-in user's work: requests waiting for their decision and their own open requests;
+    for auditors (who request and approve nothing) the latest audit activity, the chain's state and
+    the way to verify it and to the compliance dashboard. Everyone sees the estate below."""
     user = request.user
     now = timezone.now()
-    waiting_qs = with_approval_count(requests_waiting_for(user))
-    waiting = list(waiting_qs[:DASHBOARD_ROWS])
-    waiting_total = len(waiting) if len(waiting) < DASHBOARD_ROWS else waiting_qs.count()
-    request._kms_waiting_count = waiting_total  # the nav badge reuses it
-    mine_qs = with_approval_count(open_requests_of(user))
-    mine = list(mine_qs[:DASHBOARD_ROWS])
-    mine_total = len(mine) if len(mine) < DASHBOARD_ROWS else mine_qs.count()
+    auditor = Role.AUDITOR in user_roles(user)
+    waiting: list[ApprovalRequest] = []
+    mine: list[ApprovalRequest] = []
+    waiting_total = mine_total = 0
+    audit_context: dict[str, Any] = {}
+    if auditor:
+        request._kms_waiting_count = 0  # auditors decide nothing: the nav badge needs no query
+        audit_context = _auditor_panel(user)
+    else:
+        waiting_qs = with_approval_count(requests_waiting_for(user))
+        waiting = list(waiting_qs[:DASHBOARD_ROWS])
+        waiting_total = len(waiting) if len(waiting) < DASHBOARD_ROWS else waiting_qs.count()
+        request._kms_waiting_count = waiting_total  # the nav badge reuses it
+        mine_qs = with_approval_count(open_requests_of(user))
+        mine = list(mine_qs[:DASHBOARD_ROWS])
+        mine_total = len(mine) if len(mine) < DASHBOARD_ROWS else mine_qs.count()
     # order_by() drops Key's default ordering, which would otherwise join the GROUP BY.
     counts = dict(Key.objects.order_by().values_list("state").annotate(n=Count("pk")))
     nearing = list(
@@ -247,8 +372,30 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "now": now,
         "may_generate": bool(user_roles(user) & registry.get("generate").requester_roles),
         "may_request": may_request_anything(user_roles(user)),
+        "auditor": auditor,
+        **audit_context,
     }
     return render(request, "lifecycle/dashboard.html", context)
+
+
+def _auditor_panel(user: Any) -> dict[str, Any]:
+    """The auditor's part of the dashboard: the latest events (reads of the trail left out, they
+    would crowd out everything else), the chain head and the last signed checkpoint.
+
+    Showing events is reading the trail, so it is recorded (`audit.read`, view "dashboard") after
+    the events were read; the list therefore never shows its own read.
+    """
+    recent = list(AuditEvent.objects.exclude(action="audit.read").order_by("-seq")[:RECENT_AUDIT_EVENTS])
+    head_seq, head_hash = audit_services.chain_head()
+    checkpoint = audit_services.latest_checkpoint()
+    audit_services.record_read(actor=user, what="dashboard", shown=len(recent))
+    return {
+        "recent_events": recent,
+        "head_seq": head_seq,
+        "head_hash": head_hash,
+        "checkpoint": checkpoint,
+        "unsigned_events": head_seq - checkpoint.seq if checkpoint is not None else head_seq,
+    }
 
 
 # --- Keys -----------------------------------------------------------------------------------------
@@ -290,23 +437,37 @@ def key_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "HEAD"])
 def key_detail(request: HttpRequest, key_id: uuid.UUID) -> HttpResponse:
     key = get_object_or_404(
-        Key.objects.select_related("policy", "hsm", "owner", "primary_version", "created_by_request"), pk=key_id
+        Key.objects.select_related(
+            "policy", "hsm", "owner", "primary_version", "created_by_request", "destruction_certificate"
+        ),
+        pk=key_id,
     )
     versions = list(key.versions.select_related("hsm").order_by("-number"))
+    now = timezone.now()
+    # The key's own requests and the mandatory reviews of its immediate suspensions and compromises
+    # (a review targets the request it reviews, not the key).
     open_requests = list(
         ApprovalRequest.objects.filter(
-            target_type="key", target_id=str(key.pk), state__in=[*ACTIVE_STATES, RequestState.FAILED]
+            Q(target_type="key", target_id=str(key.pk))
+            | Q(review_of__target_type="key", review_of__target_id=str(key.pk)),
+            state__in=[*ACTIVE_STATES, RequestState.FAILED],
         )
-        .select_related("requester")
+        .select_related("requester", "review_of")
         .order_by("-created_at")
     )
     pending_ops = {req.operation for req in open_requests if req.state == RequestState.PENDING}
+    timeline = key_timeline(key)
     jobs = list(key.jobs.select_related("request", "version").order_by("-created_at")[:20])
-    certificate = DestructionCertificate.objects.filter(key=key).first()
+    try:
+        certificate = key.destruction_certificate  # joined above: no query
+    except DestructionCertificate.DoesNotExist:
+        certificate = None
     context = {
         "key": key,
         "versions": versions,
-        "timeline": _timeline_rows(key_timeline(key)),
+        "version_rows": version_rows(key, versions, now),
+        "timeline": _timeline_rows(timeline),
+        **_immediate_review(timeline, open_requests),
         "jobs": jobs,
         "jobs_active": any(job.status in ACTIVE_JOB_STATUSES for job in jobs),
         "open_requests": open_requests,
@@ -316,7 +477,7 @@ def key_detail(request: HttpRequest, key_id: uuid.UUID) -> HttpResponse:
         "backups": list(backups_for_key(key)),
         "certificate": certificate,
         "certificate_body": json.dumps(certificate.body, indent=2, sort_keys=True) if certificate else "",
-        "now": timezone.now(),
+        "now": now,
     }
     return render(request, "lifecycle/key_detail.html", context)
 
@@ -518,7 +679,7 @@ def hsm_list(request: HttpRequest) -> HttpResponse:
     for hsm in hsms:
         # Asks the token itself: the page shows what the HSM says now, not what the database believes.
         health = hsm.health() if hsm.retired_at is None else None
-        rows.append({"hsm": hsm, "health": health})
+        rows.append({"hsm": hsm, "health": health, "pin_sources": pin_sources(hsm)})
     pending = list(
         ApprovalRequest.objects.filter(operation="hsm_change", state__in=ACTIVE_STATES)
         .select_related("requester")
@@ -530,6 +691,29 @@ def hsm_list(request: HttpRequest) -> HttpResponse:
         "may_propose": bool(user_roles(request.user) & registry.get("hsm_change").requester_roles),
     }
     return render(request, "lifecycle/hsm_list.html", context)
+
+
+def pin_sources(hsm: Hsm) -> list[dict[str, Any]]:
+    """Where the PIN of the HSM's token comes from, in the order the driver tries them
+    (lifecycle.hsm.pkcs11: the variable when it is set and not empty, else the file), and which one
+    this process would use now. Only presence is checked: the PIN itself is never read here."""
+    sources: list[dict[str, Any]] = []
+    if hsm.pin_env:
+        is_set = bool(os.environ.get(hsm.pin_env))
+        sources.append(
+            {"kind": "variable", "name": f"${hsm.pin_env}", "status": "set" if is_set else "not set", "used": is_set}
+        )
+    if hsm.pin_file:
+        present = Path(hsm.pin_file).is_file()
+        sources.append(
+            {
+                "kind": "file",
+                "name": hsm.pin_file,
+                "status": "present" if present else "missing",
+                "used": present and not any(source["used"] for source in sources),
+            }
+        )
+    return sources
 
 
 @console_view()

@@ -7,6 +7,8 @@
 - `add_service_error(form, exc)`: an ApplicationError from a service becomes a sentence next to the
   field it concerns (or above the form), never a 500.
 - `paginate`, `safe_next`, `sentence`.
+- `MethodNotAllowedPageMiddleware`: a console address opened with a method it does not take (a GET
+  on a POST-only action) answers 405 with a page that says so, instead of Django's empty body.
 
 Roles are Django groups named after `kms_console.lib.roles.Role` (accounts.services.roles_of reads
 them the same way and shares the per-request cache attribute).
@@ -24,7 +26,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, resolve_url
+from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
@@ -132,6 +134,41 @@ def forget_value(form: forms.Form, name: str) -> None:
     if form.is_bound and name in form.data:
         form.data = form.data.copy()
         form.data[name] = ""
+
+
+class MethodNotAllowedPageMiddleware:
+    """Give the console's empty 405 answers (from `require_POST` and friends) a page.
+
+    The status and the Allow header stay as the view set them; the REST API (`/api/`) keeps its
+    JSON error bodies, and a 405 that already has a body is left alone.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if (
+            response.status_code != 405
+            or request.path.startswith("/api/")
+            or getattr(response, "streaming", False)
+            or response.content
+        ):
+            return response
+        allow = response.get("Allow", "")
+        referer = request.META.get("HTTP_REFERER", "")
+        back = (
+            referer if referer and url_has_allowed_host_and_scheme(referer, allowed_hosts={request.get_host()}) else ""
+        )
+        context = {
+            "method": request.method,
+            "allowed": [method.strip() for method in allow.split(",") if method.strip()],
+            "back": back,
+        }
+        page = render(request, "405.html", context, status=405)
+        if allow:
+            page["Allow"] = allow
+        return page
 
 
 def paginate(request: HttpRequest, items: Any, per_page: int = PAGE_SIZE) -> Page:

@@ -10,6 +10,7 @@ Filters:  {{ value|state_label }}   pre_activation -> "Pre-activation" (key, req
           {{ when|utc_short }}      "2026-12-04 09:00" (in columns whose header says UTC)
           {{ a_set|sorted_list }}   a sorted list (sets of roles)
           {{ key.usage|usage_label }} "encrypt_decrypt" -> "Encrypt/decrypt"
+          {{ op|immediate_name }}    "suspend" -> "suspension" (the steps reviewed after the fact)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from kms_console.lib.errors import ApplicationError
 from kms_console.lib.roles import Role
 
 from ..models import JobStatus
+from ..selectors import IMMEDIATE_NAMES
 from ..states import KeyState
 
 register = template.Library()
@@ -101,6 +103,13 @@ def op_title(operation: Any) -> str:
         return registry.get(str(operation)).title
     except ApplicationError:
         return str(operation).replace("_", " ").capitalize()
+
+
+@register.filter
+def immediate_name(operation: Any) -> str:
+    """An immediate step as a noun, for "the review of the immediate suspension"."""
+    text = str(operation or "")
+    return IMMEDIATE_NAMES.get(text, op_title(text).lower())
 
 
 @register.filter

@@ -146,8 +146,9 @@ def test_the_timeline_names_the_request_and_approvers_behind_each_state(
 ) -> None:
     client = api_client(cast.erin)
     client.get(f"{API}/keys/{aes_key.pk}/timeline/")
-    # token, roles, the key, transitions (with version, request, job), their requests' decisions
-    with django_assert_num_queries(5):
+    # token, roles, the key, then lifecycle.selectors.key_timeline: transitions (with version and
+    # job), the key's step events, their requests, the requests' decisions
+    with django_assert_num_queries(7):
         response = client.get(f"{API}/keys/{aes_key.pk}/timeline/")
     entries = response.json()["results"]
     active = next(e for e in entries if e["to_state"] == "active" and e["version"] is None)

@@ -242,7 +242,8 @@ def test_verify_reports_an_intact_chain_then_the_first_edited_event(erin: Any, c
     assert last.details["ok"] is False and last.details["first_bad_seq"] == victim.seq
 
 
-def test_the_audit_filters_by_date(erin: Any, clock: Any, kms: Any) -> None:
+def test_the_audit_filters_by_date(clock: Any, erin: Any, kms: Any) -> None:
+    # The clock comes first: the installation's events must carry the frozen date, not the real one.
     client = web_client(erin)
     today = clock.now().date()
     assert client.get(f"/audit/?since={today}").context["page_obj"].paginator.count > 0

@@ -405,9 +405,16 @@ def policy_form(client: Any, path: str = "/policies/standard/propose/", **change
 
 def test_a_security_officer_proposes_a_policy_change(olivia: Any, kms: Any) -> None:
     client = web_client(olivia)
+    # The standard description says "30 days before destruction": a new wait needs new words
+    # (tests/ui/test_followup.py covers the refusal of the old text).
     response = client.post(
         "/policies/standard/propose/",
-        policy_form(client, destruction_wait_days="10", justification="Shorter wait for test keys."),
+        policy_form(
+            client,
+            destruction_wait_days="10",
+            description="The default policy, with 10 days before destruction.",
+            justification="Shorter wait for test keys.",
+        ),
     )
     req = ApprovalRequest.objects.get(operation="policy_change")
     assert response["Location"] == f"/requests/{req.pk}/"
