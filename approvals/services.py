@@ -422,6 +422,13 @@ def cancel(*, request_id: Any, actor: Any) -> ApprovalRequest:
             raise NotFound("No such request.")
         if req.requester_id != actor.pk:
             raise Forbidden("Only the requester can cancel a request.", code="not_requester")
+        if req.review_of_id is not None:
+            # The review of an immediate suspend or compromise is mandatory: the person who acted
+            # at once must not be able to withdraw it from the reviewers.
+            raise Conflict(
+                "A mandatory review cannot be cancelled; the reviewers confirm or dispute the immediate step.",
+                code="review_not_cancellable",
+            )
         if req.state != RequestState.PENDING:
             raise Conflict(
                 f"The request is {req.state}; only pending requests can be cancelled.", code=f"request_{req.state}"

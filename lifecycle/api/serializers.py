@@ -200,8 +200,23 @@ class TimelineRequestSerializer(serializers.Serializer):
 
 
 class TimelineEntrySerializer(serializers.Serializer):
-    """One state change of the key (version null) or of a version, with the request and approvals behind it."""
+    """One entry of the key's history, with the request and approvals behind it.
 
+    `kind` says which: `transition`, a state change of the key (version null) or of a version;
+    `step`, a dual-controlled step that changes no state (destruction scheduled or cancelled, rotation
+    started, a grant, a processing exception, a revocation notice, a backup, an export; `action`
+    names it, `from_state` and `nist_transition` are null and `to_state` is ""); `review`, the
+    decided mandatory review of an immediate suspend or compromise (`outcome`, and `reviewed`, the
+    request it reviewed). `summary` says in one sentence what happened (empty for transitions).
+    """
+
+    kind = serializers.ChoiceField(choices=["transition", "step", "review"])
+    action = serializers.CharField(help_text="The step's audit action (e.g. key.destruction_scheduled); '' otherwise")
+    summary = serializers.CharField(help_text="One sentence for a step or review; '' for a transition")
+    outcome = serializers.CharField(
+        help_text="For a review: confirmed, disputed, expired, cancelled or failed; '' otherwise"
+    )
+    reviewed = serializers.UUIDField(allow_null=True, help_text="For a review: the request it reviewed")
     at = serializers.DateTimeField()
     version = serializers.IntegerField(allow_null=True)
     from_state = serializers.CharField(allow_null=True)
@@ -217,6 +232,11 @@ class TimelineEntrySerializer(serializers.Serializer):
         request = entry.request
         return super().to_representation(
             {
+                "kind": entry.kind,
+                "action": entry.action,
+                "summary": entry.summary,
+                "outcome": entry.outcome,
+                "reviewed": entry.reviewed.pk if entry.reviewed is not None else None,
                 "at": entry.at,
                 "version": entry.version,
                 "from_state": entry.from_state,

@@ -17,11 +17,12 @@ from the beat or on the next attempt to take a share); a new ceremony is needed.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -37,6 +38,8 @@ from ..models.backups import LIVE_CEREMONY_STATES
 from ..services.jobs import create_job
 from ..states import KeyState
 from . import hsm_ops, shares
+
+logger = logging.getLogger(__name__)
 
 KEK_ALGORITHM = "AES-256"
 DEFAULT_RETRIEVAL_HOURS = 72
@@ -54,20 +57,26 @@ def live_ceremonies() -> QuerySet[EscrowCeremony]:
     return EscrowCeremony.objects.filter(state__in=LIVE_CEREMONY_STATES)
 
 
+# The ceremony that recovers a KEK: the newest complete one (every holder has their share), else
+# the newest still handing its shares off. A newer ceremony supersedes the older ones only once it
+# is complete, so while it hands off, the older complete one stays the one restores use.
+_RECOVERY_ORDER = (F("completed_at").desc(nulls_last=True), "-created_at")
+
+
 def current_ceremony() -> EscrowCeremony | None:
     """The live ceremony of the backup KEK: its key is active and the escrowed version is its primary."""
     return (
         live_ceremonies()
         .filter(kek_version__key__state=KeyState.ACTIVE, kek_version__key__primary_version=F("kek_version"))
         .select_related("kek_version__key", "kek_version__hsm")
-        .order_by("-created_at")
+        .order_by(*_RECOVERY_ORDER)
         .first()
     )
 
 
 def ceremony_for(kek_version: KeyVersion) -> EscrowCeremony | None:
-    """The live ceremony that can recover this KEK version (the newest; older ones are superseded)."""
-    return live_ceremonies().filter(kek_version=kek_version).order_by("-created_at").first()
+    """The live ceremony that can recover this KEK version (see _RECOVERY_ORDER)."""
+    return live_ceremonies().filter(kek_version=kek_version).order_by(*_RECOVERY_ORDER).first()
 
 
 def is_kek(key: Key) -> bool:
@@ -194,15 +203,6 @@ def record_escrow(job: Job, result: dict[str, Any]) -> EscrowCeremony:
     ceremony.distributed_at = now
     ceremony.retrieve_by = now + retrieval_window()
     ceremony.save(update_fields=["wrapped_kek", "recovery_fingerprint", "state", "distributed_at", "retrieve_by"])
-    superseded = []
-    for older in (
-        live_ceremonies()
-        .select_for_update()
-        .filter(kek_version__key_id=ceremony.kek_version.key_id)
-        .exclude(pk=ceremony.pk)
-    ):
-        end_ceremony(older, CeremonyState.SUPERSEDED, now)
-        superseded.append(str(older.pk))
     record(
         "escrow.distributing",
         target_type="key",
@@ -211,11 +211,28 @@ def record_escrow(job: Job, result: dict[str, Any]) -> EscrowCeremony:
             "ceremony": str(ceremony.pk),
             "threshold": ceremony.threshold,
             "fingerprints": {str(i): by_index[i]["fingerprint"] for i in sorted(by_index)},
-            "superseded": superseded,
             "retrieve_by": ceremony.retrieve_by.isoformat(),
         },
     )
     return ceremony
+
+
+def supersede_older(ceremony: EscrowCeremony, now: dt.datetime) -> list[str]:
+    """A ceremony became complete: the live ceremonies of the same KEK made before it end (superseded).
+
+    Not earlier: until every holder of the new ceremony has their share, the older one is what can
+    recover the KEK, and a new ceremony that fails (a share not taken in time) leaves it standing.
+    The caller holds the new ceremony's row lock."""
+    superseded = []
+    for older in (
+        live_ceremonies()
+        .select_for_update()
+        .filter(kek_version__key_id=ceremony.kek_version.key_id, created_at__lt=ceremony.created_at)
+        .exclude(pk=ceremony.pk)
+    ):
+        end_ceremony(older, CeremonyState.SUPERSEDED, now, details={"by": str(ceremony.pk)})
+        superseded.append(str(older.pk))
+    return superseded
 
 
 def end_ceremony(
@@ -264,12 +281,17 @@ def expire_ceremonies(now: dt.datetime | None = None) -> int:
     now = now or timezone.now()
     count = 0
     overdue = EscrowCeremony.objects.filter(state=CeremonyState.DISTRIBUTING, retrieve_by__lt=now)
-    for pk in overdue.values_list("pk", flat=True):
-        with transaction.atomic():
-            ceremony = EscrowCeremony.objects.select_for_update().select_related("kek_version").get(pk=pk)
-            if is_overdue(ceremony, now):
-                expire_ceremony(ceremony, now)
-                count += 1
+    for pk in list(overdue.values_list("pk", flat=True)):
+        try:
+            with transaction.atomic():
+                ceremony = EscrowCeremony.objects.select_for_update().select_related("kek_version").get(pk=pk)
+                if is_overdue(ceremony, now):
+                    expire_ceremony(ceremony, now)
+                    count += 1
+        except DatabaseError:
+            # One ceremony's trouble (a lock timeout, a lost connection) must not keep the others'
+            # sealed shares waiting; the next beat run tries it again.
+            logger.exception("could not fail the overdue escrow ceremony %s; trying again next run", pk)
     return count
 
 
@@ -346,11 +368,12 @@ def retrieve_share(*, share_id: Any, user: Any, otp: str | None) -> str:
                 ceremony.state = CeremonyState.COMPLETE
                 ceremony.completed_at = now
                 ceremony.save(update_fields=["state", "completed_at"])
+                superseded = supersede_older(ceremony, now)
                 record(
                     "escrow.complete",
                     target_type="key",
                     target_id=ceremony.kek_version.key_id,
-                    details={"ceremony": str(ceremony.pk)},
+                    details={"ceremony": str(ceremony.pk), "superseded": superseded},
                 )
             text = handed.text
         else:

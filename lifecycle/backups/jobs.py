@@ -19,7 +19,7 @@ from django.db import DatabaseError
 from kms_console.lib.errors import Conflict
 
 from ..hsm import HsmDataError, HsmError, HsmOperationError
-from ..models import Backup, EscrowCeremony, Job, JobKind, KeyVersion, Restore
+from ..models import Backup, EscrowCeremony, Job, JobKind, KeyVersion, Restore, VersionCopy
 from ..services import keys
 from ..services.jobs import JobHandler, register_job_handler
 from ..services.steps import DESTRUCTION_HOOKS, object_label
@@ -30,7 +30,7 @@ from .common import b64, unb64
 from .destruction import destroy_backups
 from .distribution import record_export
 from .escrow import KEK_ALGORITHM, record_escrow, share_context
-from .restore import fail_restore, record_restore, restore_material
+from .restore import discard_restored, fail_restore, record_restore, restore_material
 
 # --- Backup ---------------------------------------------------------------------------------------
 
@@ -132,8 +132,28 @@ def _source_check(restore: Restore, version: KeyVersion) -> dict[str, Any]:
     return {"source_hsm": source.name, "source_hsm_id": str(source.pk), "source_present": present}
 
 
+def _discard_earlier_delivery(restore: Restore, backup: Backup) -> None:
+    """A version destroyed or scheduled for destruction is not restored; but an earlier delivery of
+    this job may have unwrapped it onto the target before the worker died, and no record names that
+    object, so destruction would not reach it. Destroy it there (and confirm it is gone), unless the
+    target is a place the console records the version living: its own HSM or a live copy, which the
+    destruction reaches anyway. Only the backed-up key itself is destroyed, never another object."""
+    version = backup.version
+    target = restore.target_hsm
+    if version.state != KeyState.DESTROYED and (
+        version.hsm_id == target.pk
+        or VersionCopy.objects.filter(version=version, hsm=target, ended_at__isnull=True).exists()
+    ):
+        return
+    backend = target.backend()
+    existing = backend.lookup(version.cka_id_bytes, version.key.algorithm)
+    if existing is not None and _is_the_backed_up_key(backend, existing.kcv, backup):
+        discard_restored(restore, version)
+
+
 def _restore_attempt(job: Job, restore: Restore) -> dict[str, Any]:
-    """0. A version destroyed or scheduled for destruction is not restored.
+    """0. A version destroyed or scheduled for destruction is not restored (and what an earlier
+       delivery may have left on the target is destroyed: `_discard_earlier_delivery`).
     1. If the target already holds the version's object with the right KCV, done (a re-run); a
        private key must also prove, by signing, that it belongs to the version's public key.
     2. Unseal the entered shares and recombine the recovery key; check its fingerprint.
@@ -149,6 +169,7 @@ def _restore_attempt(job: Job, restore: Restore) -> dict[str, Any]:
     )
     version, key = backup.version, backup.version.key
     if version.state == KeyState.DESTROYED or version.destroy_after or key.destroy_after:
+        _discard_earlier_delivery(restore, backup)
         raise Conflict(f"Version {version.number} of {key.name} is destroyed or scheduled for destruction.")
     backend = restore.target_hsm.backend()
     existing = backend.lookup(version.cka_id_bytes, key.algorithm)

@@ -313,7 +313,7 @@ def record_restore(job: Job, result: dict[str, Any]) -> Restore:
     version = KeyVersion.objects.select_for_update().select_related("key", "hsm").get(pk=job.version_id)
     key = Key.objects.select_for_update().get(pk=version.key_id)
     if version.state == KeyState.DESTROYED:
-        _discard_restored(restore, version)
+        discard_restored(restore, version)
         raise Conflict(
             f"Version {version.number} of {key.name} was destroyed while it was being restored; the restored "
             f"object was destroyed again on HSM {restore.target_hsm.name}."
@@ -373,7 +373,7 @@ def _record_copy(
     return VersionCopy.objects.create(version=version, hsm=source, restore=restore, seen_present=seen, recorded_at=now)
 
 
-def _discard_restored(restore: Restore, version: KeyVersion) -> None:
+def discard_restored(restore: Restore, version: KeyVersion) -> None:
     """Destroy what a restore put on its target for a version destroyed meanwhile; confirm it is gone.
 
     Whatever is on the target under the version's CKA_ID now came from this restore (a destroyed

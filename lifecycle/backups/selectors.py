@@ -7,7 +7,7 @@ from typing import Any
 from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
-from ..models import Backup, EscrowShare, Key, Restore, RestoreState
+from ..models import Backup, CeremonyState, EscrowCeremony, EscrowShare, Key, Restore, RestoreState
 from ..models.backups import LIVE_CEREMONY_STATES
 
 
@@ -40,4 +40,16 @@ def open_restores() -> QuerySet[Restore]:
         .select_related("backup__version__key", "target_hsm", "ceremony")
         .prefetch_related(Prefetch("entered_shares"))
         .order_by("collect_until")
+    )
+
+
+def newer_ceremonies(ceremony: EscrowCeremony) -> list[EscrowCeremony]:
+    """Ceremonies of the same KEK made after `ceremony` that are still handing their shares off: each
+    replaces it once every holder has taken their share."""
+    return list(
+        EscrowCeremony.objects.filter(
+            kek_version__key_id=ceremony.kek_version.key_id,
+            state=CeremonyState.DISTRIBUTING,
+            created_at__gt=ceremony.created_at,
+        ).order_by("-created_at")
     )

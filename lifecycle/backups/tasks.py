@@ -5,6 +5,8 @@ Imported by lifecycle/tasks.py so that Celery's autodiscovery (which reads `<app
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
 from audit.context import acting
@@ -13,11 +15,22 @@ from . import restore
 from .backup import verify_sample
 from .escrow import expire_ceremonies
 
+logger = logging.getLogger(__name__)
+
 
 def close_windows() -> int:
     """Restores whose share window ran out (or whose job failed for good) end and wipe their entered
-    shares; escrow ceremonies whose shares were not all taken in time fail and wipe the sealed ones."""
-    return restore.expire_restores() + expire_ceremonies()
+    shares; escrow ceremonies whose shares were not all taken in time fail and wipe the sealed ones.
+
+    Each sweep runs even when the other fails (the failure goes to the worker log and the beat's next
+    run tries again): a broken restore must not keep sealed escrow shares waiting, nor the reverse."""
+    closed = 0
+    for sweep in (restore.expire_restores, expire_ceremonies):
+        try:
+            closed += sweep()
+        except Exception:
+            logger.exception("the %s sweep failed; the next beat run tries again", sweep.__name__)
+    return closed
 
 
 @shared_task(ignore_result=True)

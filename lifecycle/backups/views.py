@@ -55,6 +55,7 @@ def index(request: HttpRequest) -> HttpResponse:
         )
     context = {
         "ceremony": ceremony,
+        "handing_off": selectors.newer_ceremonies(ceremony) if ceremony is not None else [],
         "gaps": custody_gaps(),
         "my_shares": list(selectors.shares_waiting_for(request.user)),
         "restores": list(selectors.open_restores()),

@@ -278,7 +278,11 @@ class TokenSession:
 
     def _check_pin_against_login(self, pin: str) -> None:
         expected = _process.logins.get(self._key)
-        if expected is not None and not hmac.compare_digest(expected, _process.pin_digest(pin)):
+        if expected is None:
+            # Logged in by something this driver did not record (another path to the same library):
+            # there is nothing to prove the PIN against, so refuse rather than ride on that login.
+            raise HsmAuthError(f"token {self.token_label!r} is logged in by another path; cannot check the PIN")
+        if not hmac.compare_digest(expected, _process.pin_digest(pin)):
             raise HsmAuthError(f"token {self.token_label!r} refused the PIN")
 
     def _state(self) -> _TokenState:

@@ -98,8 +98,8 @@ class EscrowCeremony(models.Model):
     """The backup KEK (one version of it) wrapped under a fresh recovery key split M-of-N.
 
     The key whose primary version has a live ceremony is the backup KEK. States:
-    pending -> distributing -> complete; distributing|complete -> superseded (a newer ceremony for
-    the same KEK version; its wrapped KEK is wiped, so old shares open nothing) or destroyed (the KEK
+    pending -> distributing -> complete; distributing|complete -> superseded (a newer ceremony of the
+    same KEK became complete; its wrapped KEK is wiped, so old shares open nothing) or destroyed (the KEK
     was destroyed); distributing -> failed (a share was not taken by `retrieve_by`: the shares still
     sealed and the wrapped KEK are wiped, and a new ceremony is needed). `recovery_fingerprint` is
     SHA-256 over the recovery key: it lets a restore check the recombined key without storing it.

@@ -10,7 +10,7 @@ from django.utils import timezone
 from audit.services import record
 from kms_console.lib.errors import ApplicationError, Conflict
 
-from ..models import Hsm, Policy, PolicyVersion, VersionCopy
+from ..models import Hsm, Policy, PolicyVersion, Restore, RestoreState, VersionCopy
 from ..policies import clean_settings
 
 
@@ -105,8 +105,9 @@ def hsm_register(
 
 @transaction.atomic
 def hsm_retire(*, hsm: Hsm, actor: Any, request: Any = None) -> Hsm:
-    """Retire an HSM that holds nothing of the console's: no version lives there and no version has a
-    copy there (a restore into another HSM leaves one; destroying the version removes it)."""
+    """Retire an HSM that holds nothing of the console's: no version lives there, no version has a
+    copy there (a restore into another HSM leaves one; destroying the version removes it), and no
+    restore is on its way there."""
     hsm = Hsm.objects.select_for_update().get(pk=hsm.pk)
     if hsm.is_default:
         raise Conflict("The default HSM cannot be retired.", code="hsm_default")
@@ -123,6 +124,10 @@ def hsm_retire(*, hsm: Hsm, actor: Any, request: Any = None) -> Hsm:
             f"HSM {hsm.name} still holds copies of key versions that were restored into another HSM ({named}"
             f"{', …' if len(copies) > 10 else ''}); they go when those versions are destroyed.",
             code="hsm_in_use",
+        )
+    if Restore.objects.filter(target_hsm=hsm, state__in=[RestoreState.COLLECTING, RestoreState.RESTORING]).exists():
+        raise Conflict(
+            f"A restore into HSM {hsm.name} is in progress; retire it once the restore has ended.", code="hsm_in_use"
         )
     hsm.retired_at = timezone.now()
     hsm.save(update_fields=["retired_at"])

@@ -160,6 +160,33 @@ def test_the_timeline_names_the_request_and_approvers_behind_each_state(
     assert entries[0]["to_state"] == "pre_activation" and entries[0]["from_state"] is None
 
 
+def test_the_timeline_labels_steps_and_reviews(cast: SimpleNamespace, aes_key: Key, clock: Any) -> None:
+    from tests.api.conftest import run
+    from tests.conftest import approve
+
+    run("rotate", aes_key, cast.alice, cast.approvers, clock)
+    suspension = run("suspend", aes_key, cast.bob, [], clock)
+    review = ApprovalRequest.objects.get(review_of=suspension)
+    approve(review, cast.carol, clock=clock)
+    entries = api_client(cast.erin).get(f"{API}/keys/{aes_key.pk}/timeline/").json()["results"]
+    assert {e["kind"] for e in entries} == {"transition", "step", "review"}
+    transition = entries[0]
+    assert (transition["kind"], transition["action"], transition["summary"], transition["reviewed"]) == (
+        "transition",
+        "",
+        "",
+        None,
+    )
+    (rotation,) = [e for e in entries if e["kind"] == "step"]
+    assert rotation["action"] == "key.rotation_started" and rotation["version"] == 2
+    assert rotation["summary"].startswith("Rotation started") and rotation["request"]["operation"] == "rotate"
+    assert rotation["from_state"] is None and rotation["nist_transition"] is None
+    (reviewed,) = [e for e in entries if e["kind"] == "review"]
+    assert reviewed["outcome"] == "confirmed" and reviewed["reviewed"] == str(suspension.pk)
+    assert reviewed["summary"] == "The reviewers confirmed the immediate suspension."
+    assert [d["approver"] for d in reviewed["decisions"]] == ["carol"]
+
+
 def test_the_version_list_query_count_does_not_grow_with_the_number_of_versions(
     cast: SimpleNamespace, aes_key: Key, clock: Any, django_assert_num_queries: Any
 ) -> None:

@@ -94,3 +94,24 @@ def test_who_may_act_at_once_is_limited_to_the_privileged_roles(cast: Any, clock
             open_request(operation="compromise", requester=outsider, justification="x", target_id=str(key.pk))
     key.refresh_from_db()
     assert key.state == KeyState.ACTIVE
+
+
+def test_the_person_who_acted_cannot_cancel_the_mandatory_review(cast: Any, clock: Any) -> None:
+    from approvals.services import cancel
+    from kms_console.lib.errors import Conflict
+    from tests.conftest import api_client, web_client
+
+    key = generate_key(cast.alice, cast.approvers, clock)
+    req = run_operation("suspend", key, cast.bob, [], clock)
+    review = ApprovalRequest.objects.get(review_of=req)
+    with pytest.raises(Conflict) as refused:
+        cancel(request_id=review.pk, actor=cast.bob)
+    assert refused.value.code == "review_not_cancellable"
+    # Nor through the API or the console's POST route.
+    response = api_client(cast.bob).post(f"/api/v1/requests/{review.pk}/cancel/")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "review_not_cancellable"
+    web_client(cast.bob).post(f"/requests/{review.pk}/cancel/")
+    review.refresh_from_db()
+    assert review.state == RequestState.PENDING
+    assert not AuditEvent.objects.filter(action="request.cancelled", target_id=str(review.pk)).exists()

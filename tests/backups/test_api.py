@@ -123,6 +123,7 @@ def test_a_restore_is_opened_through_the_keys_api(
     assert response.status_code == 202 and response.json()["operation"] == "restore"
 
 
+@pytest.mark.usefixtures("import_key")
 def test_the_import_key_and_an_import_request(cast: SimpleNamespace, clock: Any) -> None:
     info = api_client(cast.alice).get("/api/v1/backups/imports/import-key/")
     assert info.status_code == 200

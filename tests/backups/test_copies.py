@@ -113,6 +113,10 @@ def test_an_hsm_holding_a_copy_is_not_retired_until_the_version_is_destroyed(
     run_operation("schedule_destruction", data_key, cast.alice, cast.approvers, clock)
     assert not other_hsm.backend().exists(version.cka_id_bytes)
     assert hsm_retire(hsm=other_hsm, actor=cast.olivia).retired_at is not None
+    # Decommissioned afterwards: the destruction check no longer asks the retired HSM.
+    Hsm.objects.filter(pk=other_hsm.pk).update(token_label="decommissioned")
+    destruction = run("destruction")
+    assert destruction.status != FAIL, [o.reason for o in destruction.offenders]
 
 
 def test_the_inventory_check_warns_of_a_recorded_copy_and_fails_an_unrecorded_one(
@@ -165,3 +169,55 @@ def test_a_version_destroyed_while_its_restore_ran_keeps_nothing_on_the_target(
     assert "destroyed while it was being restored" in job.error
     assert not other_hsm.backend().exists(version.cka_id_bytes)
     assert KeyVersion.objects.get(pk=version.pk).hsm != other_hsm
+
+
+@pytest.mark.parametrize("wait_days", [0, 7])
+def test_a_redelivered_restore_of_a_version_now_destroyed_or_scheduled_leaves_nothing_on_the_target(
+    cast: SimpleNamespace,
+    clock: Any,
+    escrow: Any,
+    shares: dict[str, str],
+    other_hsm: Hsm,
+    monkeypatch: Any,
+    wait_days: int,
+) -> None:
+    from lifecycle.backups import jobs as backup_jobs
+
+    make_policy("waiting", destruction_wait_days=wait_days)
+    key = generate_key(cast.alice, cast.approvers, clock, name="payments", policy="waiting")
+    version = key.primary_version
+    backup = back_up(key, cast, clock)
+    req = open_restore(key, backup, cast, clock, hsm="other")
+    restore = Restore.objects.get(request=req)
+    with jobs_held_back(monkeypatch):
+        enter(restore.pk, cast.bob, shares["bob"], clock)
+        enter(restore.pk, cast.carol, shares["carol"], clock)
+    job = Job.objects.get(kind="restore", params__restore_id=str(restore.pk))
+    # The first delivery unwraps the key onto the other HSM, and the worker dies before recording it.
+    backup_jobs._restore_attempt(job, Restore.objects.select_related("target_hsm").get(pk=restore.pk))
+    assert other_hsm.backend().exists(version.cka_id_bytes)
+    run_operation("schedule_destruction", key, cast.alice, cast.approvers, clock)
+    key.refresh_from_db()
+    assert key.state == (KeyState.DESTROYED if wait_days == 0 else KeyState.ACTIVE)
+
+    run_job(job.pk)  # the redelivery
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "scheduled for destruction" in job.error
+    assert not other_hsm.backend().exists(version.cka_id_bytes)
+    restore.refresh_from_db()
+    assert restore.state == RestoreState.FAILED
+    version.refresh_from_db()
+    assert version.hsm != other_hsm and not VersionCopy.objects.filter(version=version).exists()
+    if wait_days:
+        assert default_backend().exists(version.cka_id_bytes)  # the version's own object waits for its destruction
+
+
+def test_an_hsm_a_restore_is_on_its_way_to_is_not_retired(
+    cast: SimpleNamespace, clock: Any, data_key: Key, escrow: Any, other_hsm: Hsm
+) -> None:
+    backup = back_up(data_key, cast, clock)
+    req = open_restore(data_key, backup, cast, clock, hsm="other")
+    assert Restore.objects.get(request=req).state == RestoreState.COLLECTING
+    with pytest.raises(Conflict, match="A restore into HSM other is in progress") as excinfo:
+        hsm_retire(hsm=other_hsm, actor=cast.olivia)
+    assert excinfo.value.code == "hsm_in_use"

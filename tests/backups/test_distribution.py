@@ -226,6 +226,7 @@ def test_bad_import_parameters_are_refused(
     assert field in excinfo.value.details
 
 
+@pytest.mark.usefixtures("import_key")
 def test_garbage_under_the_import_key_fails_cleanly(cast: SimpleNamespace, clock: Any) -> None:
     value = secrets.token_bytes(32)
     parameters = {

@@ -12,7 +12,13 @@ from approvals.services import open_request
 from audit.models import AuditEvent
 from kms_console.lib.errors import ApplicationError
 from lifecycle.backups import shares
-from lifecycle.backups.escrow import current_ceremony, custody_gaps, expire_ceremonies, retrieve_share
+from lifecycle.backups.escrow import (
+    ceremony_for,
+    current_ceremony,
+    custody_gaps,
+    expire_ceremonies,
+    retrieve_share,
+)
 from lifecycle.backups.tasks import close_windows
 from lifecycle.models import CeremonyState, EscrowCeremony, EscrowShare, Job
 from lifecycle.services.jobs import run_job
@@ -90,11 +96,34 @@ def test_a_new_ceremony_supersedes_the_old_one_and_answers_a_custody_gap(
     assert [s.holder.get_username() for s in custody_gaps()] == ["dave"]
 
     newer = hold_escrow(kek, cast, clock, holders=("bob", "carol"), threshold=2)
+    # Until every holder of the new ceremony has their share, the old one still recovers the KEK.
+    escrow.refresh_from_db()
+    assert escrow.state == CeremonyState.DISTRIBUTING and escrow.wrapped_kek
+    assert current_ceremony() == newer  # neither is complete: the newest
+    take_shares(newer, clock)
     escrow.refresh_from_db()
     assert escrow.state == CeremonyState.SUPERSEDED
     assert escrow.wrapped_kek == "" and set(escrow.shares.values_list("sealed", flat=True)) == {""}
     assert current_ceremony() == newer
     assert custody_gaps() == []
+    complete = AuditEvent.objects.get(action="escrow.complete", details__ceremony=str(newer.pk))
+    assert complete.details["superseded"] == [str(escrow.pk)]
+
+
+def test_a_complete_ceremony_recovers_the_kek_while_a_newer_one_hands_off_and_outlives_its_failure(
+    cast: SimpleNamespace, clock: Any, kek: Any, escrow: EscrowCeremony, settings: Any
+) -> None:
+    take_shares(escrow, clock)
+    newer = hold_escrow(kek, cast, clock, holders=("bob", "carol"), threshold=2)
+    assert current_ceremony() == escrow  # complete beats newer-but-still-handing-off
+    assert ceremony_for(escrow.kek_version) == escrow
+    clock.advance(hours=settings.KMS_ESCROW_SHARE_RETRIEVAL_HOURS, seconds=1)
+    assert expire_ceremonies() == 1
+    newer.refresh_from_db()
+    escrow.refresh_from_db()
+    assert newer.state == CeremonyState.FAILED
+    assert escrow.state == CeremonyState.COMPLETE and escrow.wrapped_kek
+    assert current_ceremony() == escrow
 
 
 def test_a_redelivered_escrow_job_does_nothing_twice(cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony) -> None:
@@ -204,3 +233,18 @@ def test_the_deadline_follows_the_setting(cast: SimpleNamespace, clock: Any, kek
     settings.KMS_ESCROW_SHARE_RETRIEVAL_HOURS = 2
     ceremony = hold_escrow(kek, cast, clock)
     assert ceremony.retrieve_by - ceremony.distributed_at == dt.timedelta(hours=2)
+
+
+def test_a_failing_restore_sweep_does_not_keep_escrow_shares_waiting(
+    cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony, settings: Any, monkeypatch: Any
+) -> None:
+    from lifecycle.backups import restore
+
+    def broken(now: Any = None) -> int:
+        raise RuntimeError("a broken restore")
+
+    monkeypatch.setattr(restore, "expire_restores", broken)
+    clock.advance(hours=settings.KMS_ESCROW_SHARE_RETRIEVAL_HOURS, seconds=1)
+    assert close_windows() == 1
+    escrow.refresh_from_db()
+    assert escrow.state == CeremonyState.FAILED

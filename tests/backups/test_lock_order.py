@@ -24,7 +24,6 @@ import pytest
 from django.db import DatabaseError, connection, connections
 
 from accounts import services as accounts_services
-from approvals.services import open_request
 from kms_console.lib.errors import ApplicationError
 from lifecycle.backups import destruction, restore
 from lifecycle.backups import jobs as backup_jobs
@@ -35,8 +34,8 @@ from lifecycle.hsm import default_backend
 from lifecycle.models import CeremonyState, EscrowCeremony, Job, JobStatus, Restore, RestoreState
 from lifecycle.services.jobs import run_job
 from tests.backups.conftest import back_up, enter, hold_escrow, jobs_held_back, open_restore, take_shares
-from tests.conftest import approve, fresh_otp, require_services
-from tests.lifecycle.helpers import generate_key, on_commit
+from tests.conftest import fresh_otp, require_services
+from tests.lifecycle.helpers import generate_key
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -148,34 +147,29 @@ def test_a_share_hand_off_while_a_newer_ceremony_supersedes_the_old_one(
     cast: SimpleNamespace, clock: Any, kek: Any, monkeypatch: Any
 ) -> None:
     older = hold_escrow(kek, cast, clock)
-    with jobs_held_back(monkeypatch), on_commit():
-        req = open_request(
-            operation="escrow",
-            requester=cast.alice,
-            justification="renew the escrow",
-            target_id=str(kek.pk),
-            parameters={"custodians": ["bob", "carol", "dave"], "threshold": 2},
-        )
-        approve(req, *cast.approvers[: req.required_approvals], clock=clock)
-    newer_job = Job.objects.get(kind="escrow", request=req)
-    bob_share = older.shares.get(holder=cast.bob)
+    newer = hold_escrow(kek, cast, clock)
+    for holder in (cast.bob, cast.dave):
+        share = newer.shares.get(holder=holder)
+        retrieve_share(share_id=share.pk, user=holder, otp=fresh_otp(holder, clock))
+    bob_old = older.shares.get(holder=cast.bob)
     bob_code = fresh_otp(cast.bob, clock)
+    carol_last = newer.shares.get(holder=cast.carol)
+    carol_code = fresh_otp(cast.carol, clock)
 
     barrier = threading.Barrier(2)
-    # bob holds his share's row (before his code is checked) while the newer ceremony's job holds
-    # the chain head and is about to wipe the older ceremony's sealed shares.
+    # bob holds his old share's row (before his code is checked) while carol takes the last share of
+    # the newer ceremony, which completes it and wipes the older ceremony's sealed shares.
     pause_at(monkeypatch, accounts_services, "verify_user_otp", barrier)
-    pause_at(monkeypatch, backup_jobs, "record_escrow", barrier)
     errors = run_together(
-        lambda: retrieve_share(share_id=bob_share.pk, user=cast.bob, otp=bob_code),
-        lambda: run_job(newer_job.pk),
+        lambda: retrieve_share(share_id=bob_old.pk, user=cast.bob, otp=bob_code),
+        lambda: retrieve_share(share_id=carol_last.pk, user=cast.carol, otp=carol_code),
     )
 
     no_deadlock(errors)
     older.refresh_from_db()
     assert older.state == CeremonyState.SUPERSEDED and older.wrapped_kek == ""
     assert set(older.shares.values_list("sealed", flat=True)) == {""}
-    assert EscrowCeremony.objects.get(request=req).state == CeremonyState.DISTRIBUTING
+    assert EscrowCeremony.objects.get(pk=newer.pk).state == CeremonyState.COMPLETE
 
 
 def test_destruction_of_backups_while_a_share_is_entered(

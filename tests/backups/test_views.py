@@ -50,7 +50,7 @@ def test_the_overview_query_count_does_not_grow_with_backups(
         back_up(generate_key(cast.alice, cast.approvers, clock, name=name), cast, clock)
     client = web_client(cast.erin)
     client.get(reverse("backups:index"))  # warm the session and the middleware's caches
-    with django_assert_num_queries(16) as few:
+    with django_assert_num_queries(17) as few:
         client.get(reverse("backups:index"))
     for name in ("d", "e", "f", "g"):
         back_up(generate_key(cast.alice, cast.approvers, clock, name=name), cast, clock)
@@ -159,6 +159,7 @@ def test_request_forms_open_requests_and_show_refusals_next_to_the_field(
     assert ApprovalRequest.objects.filter(operation="escrow", requester=cast.olivia).exists()
 
 
+@pytest.mark.usefixtures("import_key")
 def test_the_import_key_page_publishes_the_public_key(cast: SimpleNamespace, clock: Any) -> None:
     response = web_client(cast.alice).get(reverse("backups:import_key"))
     assert response.status_code == 200
@@ -210,3 +211,16 @@ def test_the_key_page_says_when_there_is_no_backup_and_offers_it_to_key_admins_o
         body = web_client(user).get(reverse("lifecycle:key_detail", args=[key.pk])).content.decode()
         assert "No backups." in body
         assert (link in body) is offered
+
+
+def test_the_overview_says_a_newer_ceremony_is_handing_off_and_the_old_one_still_recovers(
+    cast: SimpleNamespace, clock: Any, kek: Any, escrow: EscrowCeremony
+) -> None:
+    from tests.backups.conftest import hold_escrow, take_shares
+
+    take_shares(escrow, clock)
+    newer = hold_escrow(kek, cast, clock, holders=("bob", "carol"), threshold=2)
+    page = web_client(cast.erin).get(reverse("backups:index")).content.decode()
+    assert reverse("backups:ceremony", args=[escrow.pk]) in page
+    assert reverse("backups:ceremony", args=[newer.pk]) in page
+    assert "It replaces this one once every holder has taken their share" in page

@@ -308,6 +308,27 @@ def test_a_backend_does_not_ride_on_another_backends_login_to_the_same_token(
     assert knows.health().ok
 
 
+def test_a_login_the_driver_did_not_record_is_not_ridden_on(hsm_token: Any) -> None:
+    from lifecycle.hsm.session import _process
+
+    right = hsm_token.dir / "pins-token-pin"
+    right.write_text(hsm_token.pins_pin)
+    module = default_backend().module
+    knows = Pkcs11Backend(module=module, token_label=hsm_token.pins_label, pin_file=str(right))
+    knows.reset()
+    assert knows.health().ok
+    # As if the token had been logged in by another path to the library: no digest to check against.
+    recorded = _process.logins.pop((module, hsm_token.pins_label))
+    try:
+        knows.reset()
+        with pytest.raises(HsmAuthError, match="logged in by another path"):
+            knows.inventory()
+    finally:
+        _process.logins[(module, hsm_token.pins_label)] = recorded
+    knows.reset()
+    assert knows.health().ok
+
+
 def test_a_missing_token_is_a_config_error_and_other_sessions_recover(backend: Pkcs11Backend) -> None:
     aes = new_id()
     backend.generate("AES-256", aes, usage="encrypt_decrypt", label="before-reinit")
