@@ -45,6 +45,9 @@ class ApiToken(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The token that minted this one through the API (None: the console or kms_token). Revoking a
+    # token revokes every token it minted, so a leaked token cannot leave a copy of itself behind.
+    parent = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="children")
 
     objects = TrailOrderedManager()  # row locks take the audit chain head first
 

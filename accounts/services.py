@@ -110,6 +110,16 @@ def has_confirmed_device(user: Any) -> bool:
     return TOTPDevice.objects.filter(user=user, confirmed=True).exists()
 
 
+# An enrolment started at one sign-in and not confirmed is offered again for this long.
+PENDING_ENROLMENT_LIFETIME = dt.timedelta(hours=24)
+
+
+def pending_totp_enrolment(user: Any) -> TOTPDevice | None:
+    """The user's unconfirmed device of a recent enrolment, if any (a read: nothing changes)."""
+    since = timezone.now() - PENDING_ENROLMENT_LIFETIME
+    return TOTPDevice.objects.filter(user=user, confirmed=False, created_at__gte=since).order_by("-created_at").first()
+
+
 def start_totp_enrolment(user: Any) -> TOTPDevice:
     """An unconfirmed device for the enrolment page (replaces an earlier unconfirmed one)."""
     with transaction.atomic():
@@ -355,10 +365,17 @@ def default_scopes(user: Any) -> set[str]:
 
 
 def create_token(
-    *, user: Any, scopes: list[str] | None = None, expires_in_days: int | None = None, name: str = "", actor: Any = None
+    *,
+    user: Any,
+    scopes: list[str] | None = None,
+    expires_in_days: int | None = None,
+    name: str = "",
+    actor: Any = None,
+    parent: ApiToken | None = None,
 ) -> tuple[ApiToken, str]:
     """Make a token; the raw value is returned once and never stored. Without scopes it carries all
-    of them (the roles still decide what it may do); `kms_token` asks for `default_scopes` instead."""
+    of them (the roles still decide what it may do); `kms_token` asks for `default_scopes` instead.
+    `parent` is the token that mints this one (through the API): revoking it revokes this one."""
     valid = set(ApiToken.Scope.values)
     scopes = sorted(set(scopes or valid))
     bad = set(scopes) - valid
@@ -379,6 +396,7 @@ def create_token(
             scopes=scopes,
             created_at=now,
             expires_at=now + dt.timedelta(days=expires_in_days) if expires_in_days else None,
+            parent=parent,
         )
         record(
             "token.created",
@@ -390,20 +408,37 @@ def create_token(
                 "prefix": token.prefix,
                 "scopes": scopes,
                 "expires_at": token.expires_at.isoformat() if token.expires_at else None,
+                "parent": parent.prefix if parent is not None else None,
             },
         )
     return token, raw
 
 
 def revoke_token(*, token: ApiToken, actor: Any = None) -> ApiToken:
+    """Revoke the token and, with it, every live token it minted (and those they minted)."""
     with transaction.atomic():
         token = ApiToken.objects.select_for_update().get(pk=token.pk)
+        now = timezone.now()
         if token.revoked_at is None:
-            token.revoked_at = timezone.now()
+            token.revoked_at = now
             token.save(update_fields=["revoked_at"])
             record(
                 "token.revoked", actor=actor, target_type="token", target_id=token.pk, details={"prefix": token.prefix}
             )
+        parents = [token.pk]
+        while parents:  # one query per generation; lineages are short
+            children = list(ApiToken.objects.select_for_update().filter(parent_id__in=parents, revoked_at__isnull=True))
+            for child in children:
+                child.revoked_at = now
+                child.save(update_fields=["revoked_at"])
+                record(
+                    "token.revoked",
+                    actor=actor,
+                    target_type="token",
+                    target_id=child.pk,
+                    details={"prefix": child.prefix, "with_parent": token.prefix},
+                )
+            parents = [child.pk for child in children]
     return token
 
 

@@ -206,11 +206,16 @@ def otp_view(request: HttpRequest) -> HttpResponse:
 
 
 def _pending_device(request: HttpRequest, user: Any) -> TOTPDevice:
+    """The device being enrolled: this session's, else the user's unconfirmed one from an earlier
+    sign-in today (someone who scanned the QR code and signs in again keeps the same secret), else
+    a new one."""
     pk = request.session.get(ENROL_SESSION_KEY)
     device = TOTPDevice.objects.filter(user=user, pk=pk, confirmed=False).first() if pk else None
     if device is None:
+        device = services.pending_totp_enrolment(user)
+    if device is None:
         device = services.start_totp_enrolment(user)
-        request.session[ENROL_SESSION_KEY] = device.pk
+    request.session[ENROL_SESSION_KEY] = device.pk
     return device
 
 

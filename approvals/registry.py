@@ -55,6 +55,19 @@ class Action:
     describe: Callable[[Any], str]
     # after_executed(request): follow-ups such as opening a mandatory review.
     after_executed: Callable[[Any], None] | None = None
+    # progress(request) -> Progress or None: what an approved request whose step is still under way
+    # is waiting for, when that is not just the worker (a restore waits for custodians' shares).
+    progress: Callable[[Any], Progress | None] | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What an approved request is waiting for, in plain words, and where to act on it."""
+
+    title: str
+    text: str
+    url: str = ""
+    link_text: str = ""
 
 
 _actions: dict[str, Action] = {}

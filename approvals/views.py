@@ -8,6 +8,7 @@ page next to the form, and recorded in the audit trail by the engine.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from typing import Any
@@ -17,6 +18,7 @@ from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -38,8 +40,9 @@ from .forms import DecisionForm
 from .models import ACTIVE_STATES, ApprovalRequest, Decision, RequestState
 from .selectors import open_requests_of, requests_waiting_for
 
-# Who is shown the decision form: approvers, and key administrators on their own requests, so that
-# an attempt to approve one's own request meets the engine's refusal in words (SPEC §3).
+# Who may post a decision through the console: approvers, and key administrators, whose attempt on
+# their own request (posted by hand: they are shown no form) meets the engine's refusal in words and
+# is audited. Everyone else gets 403 before the engine is asked.
 DECISION_FORM_ROLES = APPROVER_ROLES | {Role.KEY_ADMIN}
 
 LIST_VIEWS = ("waiting", "mine", "all")
@@ -84,8 +87,18 @@ def _parameter_rows(parameters: dict[str, Any]) -> list[dict[str, Any]]:
         elif isinstance(value, list):
             rows.append({"name": name, "value": ", ".join(str(v) for v in value) or "—"})
         else:
-            rows.append({"name": name, "value": "—" if value in (None, "") else value})
+            rows.append({"name": name, "value": "—" if value in (None, "") else _readable(value)})
     return rows
+
+
+def _readable(value: Any) -> Any:
+    """An ISO date-time parameter as the console writes times ("2026-12-04 09:00:00 UTC"); the digest
+    covers the exact value, which the request's JSON keeps."""
+    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] == "T":
+        parsed = parse_datetime(value)
+        if parsed is not None and parsed.tzinfo is not None:
+            return f"{parsed.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+    return value
 
 
 def with_approval_count(queryset: QuerySet[ApprovalRequest]) -> QuerySet[ApprovalRequest]:
@@ -151,8 +164,9 @@ def _detail_context(request: HttpRequest, req: ApprovalRequest, form: DecisionFo
     is_requester = req.requester_id == user.pk
     eligible_role = bool(roles & set(req.approver_roles))
     pending = req.state == RequestState.PENDING
-    # Approvers decide; the requester sees the form too, so that an attempt shows the engine's refusal.
-    show_form = pending and mine is None and (eligible_role or is_requester) and bool(roles & DECISION_FORM_ROLES)
+    # Approvers decide. The requester never may (the engine refuses and records an attempt posted by
+    # hand): they get a note saying why instead of a form.
+    show_form = pending and mine is None and eligible_role and not is_requester and bool(roles & DECISION_FORM_ROLES)
     if show_form and form is None:
         form = DecisionForm(initial={"digest": req.digest})
     jobs = list(req.jobs.select_related("key").order_by("created_at")) if hasattr(req, "jobs") else []
@@ -169,15 +183,25 @@ def _detail_context(request: HttpRequest, req: ApprovalRequest, form: DecisionFo
         "is_requester": is_requester,
         "eligible_role": eligible_role,
         "form": form if show_form else None,
+        "requester_note": pending and is_requester,
         # A mandatory review is not the requester's to withdraw: it checks their own immediate step.
         "may_cancel": pending and is_requester and req.review_of_id is None,
         "may_retry": req.state == RequestState.FAILED and Role.CUSTODIAN in roles,
         "jobs": jobs,
         "jobs_active": any(job.status in ("queued", "running") for job in jobs),
         "reviews": list(req.reviews.order_by("created_at")),
+        "progress": _progress(req),
         "approver_roles": [Role(r).label for r in req.approver_roles if r in Role.values],
         "key_id": req.target_id if req.target_type == "key" and req.target_id else req.result.get("key_id"),
     }
+
+
+def _progress(req: ApprovalRequest) -> Any:
+    """What an approved request still waits for, when its action says (None: the worker)."""
+    if req.state not in (RequestState.APPROVED, RequestState.EXECUTING):
+        return None
+    action = registry.get(req.operation) if req.operation in registry.operations() else None
+    return action.progress(req) if action is not None and action.progress is not None else None
 
 
 def _get_request(request_id: uuid.UUID) -> ApprovalRequest:
@@ -254,6 +278,9 @@ def _decided_message(req: ApprovalRequest, decision: str) -> str:
         return "You approved the request. The quorum is complete and it was carried out."
     if req.state == RequestState.FAILED:
         return f"You approved the request and the quorum is complete, but carrying it out failed: {req.error}"
+    progress = _progress(req)
+    if progress is not None:
+        return f"You approved the request. The quorum is complete. {progress.text}"
     return "You approved the request. The quorum is complete and it is being carried out now."
 
 

@@ -8,6 +8,7 @@ report names the time it was computed, the audit chain head and the latest signe
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import re
@@ -188,7 +189,7 @@ def render_pdf(report: dict[str, Any]) -> bytes:
         bottomMargin=14 * mm,
         title=f"{framework} compliance report",
         author="KMS lifecycle console",
-        subject=f"Computed {report['computed_at']}",
+        subject=f"Computed {_when(report['computed_at'])}",
     )
     story: list[Any] = [
         Paragraph(escape(f"{framework} - compliance report"), styles["Title"]),
@@ -196,7 +197,7 @@ def render_pdf(report: dict[str, Any]) -> bytes:
         Spacer(1, 4 * mm),
     ]
     facts = [
-        ["Computed at", report["computed_at"]],
+        ["Computed at", _when(report["computed_at"])],
         ["Console", report["console"]],
         ["Audit chain head", f"#{head['seq']} {head['hash']}"],
         [
@@ -254,7 +255,7 @@ def render_pdf(report: dict[str, Any]) -> bytes:
         canvas.saveState()
         canvas.setFont("Helvetica", 7)
         canvas.drawString(
-            14 * mm, 8 * mm, f"{framework} - computed {report['computed_at']} - chain head #{head['seq']}"
+            14 * mm, 8 * mm, f"{framework} - computed {_when(report['computed_at'])} - chain head #{head['seq']}"
         )
         canvas.drawRightString(A4[0] - 14 * mm, 8 * mm, f"page {document.page}")
         canvas.restoreState()
@@ -446,3 +447,12 @@ def get_format(value: Any) -> Format:
             details={"format": [f"Choose one of {choices}."]},
         )
     return FORMATS[name]
+
+
+def _when(iso: str) -> str:
+    """An ISO time of the report as people read it in the PDF ("2026-12-04 09:00:00 UTC")."""
+    try:
+        parsed = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    return f"{parsed.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"

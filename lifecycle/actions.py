@@ -127,6 +127,15 @@ def clean_tags(tags: Any) -> list[str]:
     return sorted(set(tags))
 
 
+# Usages in words, for error texts that both a form and an API client read.
+USAGE_WORDS = {
+    "encrypt_decrypt": "to encrypt and decrypt data",
+    "wrap_unwrap": "to wrap and unwrap other keys",
+    "sign_verify": "to sign and verify",
+    "mac": "to compute and verify MACs",
+}
+
+
 def _generate_prepare(requester: Any, target_id: str, p: dict[str, Any]) -> Prepared:
     _extra_none(p, "generate", {"name", "algorithm", "usage", "policy", "description", "tags", "activate_at", "hsm"})
     name = p.get("name")
@@ -140,7 +149,8 @@ def _generate_prepare(requester: Any, target_id: str, p: dict[str, Any]) -> Prep
     family = get_algorithm(algorithm).family
     usage = p.get("usage")
     if usage not in USAGES_BY_FAMILY[family]:
-        raise invalid("usage", f"{algorithm} keys may be used for {' or '.join(USAGES_BY_FAMILY[family])}")
+        allowed = " or ".join(f"{USAGE_WORDS.get(u, u)} ({u})" for u in USAGES_BY_FAMILY[family])
+        raise invalid("usage", f"{algorithm} keys may be used {allowed}")
     policy_name = p.get("policy") or STANDARD_POLICY
     policy = Policy.objects.filter(name=policy_name).first() if isinstance(policy_name, str) else None
     if policy is None:

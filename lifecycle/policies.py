@@ -82,7 +82,7 @@ def default_rule(operation: str) -> dict[str, Any]:
 def standard_settings() -> dict[str, Any]:
     return {
         "description": "The default policy: NIST SP 800-57 Table 1 cryptoperiods by key type, backup allowed, "
-        "no wrapped export, 30 days before destruction, dual control per SPEC defaults.",
+        "no wrapped export, 30 days before destruction, two approvals for most steps (see the quorum table).",
         "algorithms": sorted(ALGORITHMS),
         "originator_period_days": None,
         "recipient_period_days": None,

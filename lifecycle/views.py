@@ -145,7 +145,8 @@ def _after_open(request: HttpRequest, req: ApprovalRequest, *, key: Key | None =
         messages.success(
             request,
             f"Your request is open. It needs {count} approval{'s' if count != 1 else ''} from a {roles} "
-            f"before {req.approve_by:%Y-%m-%d %H:%M} UTC; the approvers were notified.",
+            f"before {req.approve_by:%Y-%m-%d %H:%M} UTC. It waits in their inbox, and those with an email "
+            "address are sent one.",
         )
     else:
         messages.success(request, f"Your request was approved and is running: “{title}”.")
@@ -321,6 +322,18 @@ def _available_operations(key: Key, roles: set[str], pending_ops: set[str]) -> l
 # --- Dashboard ------------------------------------------------------------------------------------
 
 
+def _share_context(user: Any) -> dict[str, Any]:
+    """A custodian's escrow shares to take and restores waiting for their share (deadlines apply)."""
+    if Role.CUSTODIAN not in user_roles(user):
+        return {"my_shares": [], "my_restores": []}
+    from .backups import selectors as backup_selectors
+
+    return {
+        "my_shares": list(backup_selectors.shares_waiting_for(user)),
+        "my_restores": backup_selectors.restores_waiting_for(user),
+    }
+
+
 @console_view()
 @require_http_methods(["GET", "HEAD"])
 def dashboard(request: HttpRequest) -> HttpResponse:
@@ -373,6 +386,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "may_generate": bool(user_roles(user) & registry.get("generate").requester_roles),
         "may_request": may_request_anything(user_roles(user)),
         "auditor": auditor,
+        **_share_context(user),
         **audit_context,
     }
     return render(request, "lifecycle/dashboard.html", context)

@@ -44,6 +44,8 @@ class ScopeAndRole(permissions.BasePermission):
         user = request.user
         if not user or not user.is_authenticated:
             return False  # DRF answers 401 with the WWW-Authenticate challenge
+        if not _handles(view, request):
+            return True  # DRF answers 405: no scope or role makes an unsupported method work
         scope = view.required_scope()
         if scope and scope not in token_scopes(request):
             raise exceptions.PermissionDenied(f"This needs a token with the '{scope}' scope.", code="scope_required")
@@ -54,6 +56,16 @@ class ScopeAndRole(permissions.BasePermission):
                 code="role_required",
             )
         return True
+
+
+def _handles(view: Any, request: Request) -> bool:
+    """The view has a handler for the request's method (else the answer is 405, not a refusal)."""
+    method = request.method.lower()
+    if method not in getattr(view, "http_method_names", ()):
+        return False
+    if getattr(view, "action_map", None) is not None:  # a viewset: its route maps methods to actions
+        return method in view.action_map
+    return hasattr(view, method)
 
 
 class ApiAccessMixin:

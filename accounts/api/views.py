@@ -89,6 +89,7 @@ class TokenViewSet(mixins.ListModelMixin, ApiViewSet):
             expires_in_days=days,
             name=data.validated_data["name"],
             actor=request.user,
+            parent=request.auth if isinstance(request.auth, ApiToken) else None,
         )
         # The raw token travels in this one answer and nowhere else (only its hash is stored).
         return Response({**TokenSerializer(token).data, "token": raw}, status=status.HTTP_201_CREATED)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -100,6 +101,11 @@ class CheckResult:
         return body
 
 
+def natural_key(text: str) -> tuple[tuple[int, Any], ...]:
+    """Sort key that orders the digit runs of a text as numbers ("#13 bob" before "#100 ann")."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part)
+
+
 def result(
     check_id: str, figure: str, offenders: list[Offender], *, applicable: bool = True, notes: list[str] | None = None
 ) -> CheckResult:
@@ -112,8 +118,8 @@ def result(
         status = WARN
     else:
         status = PASS
-    # Failures first, so a capped list still shows them.
-    ordered = sorted(offenders, key=lambda o: (o.severity != FAIL, o.kind, o.label))
+    # Failures first, so a capped list still shows them; numbers in labels in numeric order (#13 before #100).
+    ordered = sorted(offenders, key=lambda o: (o.severity != FAIL, o.kind, natural_key(o.label)))
     return CheckResult(
         check_id=check_id,
         status=status,

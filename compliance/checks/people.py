@@ -105,6 +105,9 @@ def mfa(ctx: Context) -> CheckResult:
             offenders.append(Offender("user", holder.name, reason, user_url(holder.name), severity=WARN))
     enrolled = sum(1 for h in privileged if h.has_totp)
     figure = f"{enrolled} of {len(privileged)} privileged users have a confirmed TOTP device"
+    auditors = [h for h in holders if Role.AUDITOR in h.roles and not h.roles & PRIVILEGED_ROLES]
+    if auditors:
+        figure += f"; {sum(1 for h in auditors if h.has_totp)} of {len(auditors)} auditors"
     return result("mfa", figure, offenders, applicable=bool(holders))
 
 

@@ -14,10 +14,11 @@ import re
 import uuid
 from typing import Any
 
+from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 
 from approvals.models import ApprovalRequest, RequestState
-from approvals.registry import Action, Outcome, Prepared, register
+from approvals.registry import Action, Outcome, Prepared, Progress, register
 from kms_console.lib.errors import ApplicationError, Conflict
 from kms_console.lib.roles import Role
 
@@ -182,6 +183,35 @@ def _restore_execute(req: ApprovalRequest) -> Outcome:
     return Outcome(result={"restore": str(restore.pk)}, pending=True)
 
 
+def _restore_progress(req: ApprovalRequest) -> Progress | None:
+    """An approved restore waits for M share holders to enter their shares before the worker runs."""
+    from ..models import Restore, RestoreState
+
+    restore_id = (req.result or {}).get("restore")
+    restore = Restore.objects.select_related("ceremony").filter(pk=restore_id).first() if _is_uuid(restore_id) else None
+    if restore is None or restore.state != RestoreState.COLLECTING:
+        return None
+    entered = restore.entered_shares.count()
+    threshold = restore.ceremony.threshold
+    return Progress(
+        title="Approved — waiting for the custodians' shares",
+        text=(
+            f"The restore runs once {threshold} share holders have entered their shares ({entered} so far). "
+            f"The window closes at {restore.collect_until:%Y-%m-%d %H:%M} UTC; after that nothing is restored."
+        ),
+        url=reverse("backups:restore", args=[restore.pk]),
+        link_text="Enter a share",
+    )
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
 def _restore_describe(req: ApprovalRequest) -> str:
     p = req.parameters
     return (
@@ -342,6 +372,16 @@ def register_all() -> None:
     register(
         Action("escrow", "Escrow the backup KEK", ESCROW_REQUESTERS, _escrow_prepare, _escrow_execute, _escrow_describe)
     )
-    register(Action("restore", "Restore from backup", KEY_ADMIN, _restore_prepare, _restore_execute, _restore_describe))
+    register(
+        Action(
+            "restore",
+            "Restore from backup",
+            KEY_ADMIN,
+            _restore_prepare,
+            _restore_execute,
+            _restore_describe,
+            progress=_restore_progress,
+        )
+    )
     register(Action("export", "Export wrapped", KEY_ADMIN, _export_prepare, _export_execute, _export_describe))
     register(Action("import", "Import a key", KEY_ADMIN, _import_prepare, _import_execute, _import_describe))

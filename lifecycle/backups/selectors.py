@@ -53,3 +53,17 @@ def newer_ceremonies(ceremony: EscrowCeremony) -> list[EscrowCeremony]:
             created_at__gt=ceremony.created_at,
         ).order_by("-created_at")
     )
+
+
+def restores_waiting_for(user: Any) -> list[Restore]:
+    """Restores collecting shares, inside their window, for which this user holds a share of the
+    restore's ceremony and has not entered it yet."""
+    return list(
+        Restore.objects.filter(
+            state=RestoreState.COLLECTING, collect_until__gte=timezone.now(), ceremony__shares__holder=user
+        )
+        .exclude(entered_shares__custodian=user)
+        .select_related("backup__version__key", "target_hsm")
+        .order_by("collect_until")
+        .distinct()
+    )

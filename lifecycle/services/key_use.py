@@ -39,7 +39,7 @@ from kms_console.lib.roles import Role
 
 from ..hsm.base import HsmDataError, HsmError
 from ..models import Key, KeyGrant, KeyUsage, KeyVersion
-from ..usage import usage_denial
+from ..usage import OPERATIONS_BY_USAGE, usage_denial
 
 # Caps on what a caller may send (decoded bytes): enough for envelope keys, tokens and documents'
 # digests; bulk data belongs in envelope encryption, not in one HSM call.
@@ -127,6 +127,10 @@ def caller_denial(key: Key, client: Any, operation: str) -> str | None:
         if operations is None:
             return f"{client.get_username()} holds no grant on key {key.name}"
         if operation not in operations:
+            if operation not in OPERATIONS_BY_USAGE.get(key.usage, frozenset()):
+                # No grant could allow it: the usage rule refuses it and says what the key is for
+                # (usage_denial), rather than what the grant lacks.
+                return None
             return f"the grant of {client.get_username()} on key {key.name} does not include {operation}"
         return None
     if Role.KEY_ADMIN in roles and key.owner_id == client.pk:

@@ -152,3 +152,9 @@ def utc(value: Any) -> str:
     if timezone.is_aware(value):
         value = value.astimezone(dt.UTC)
     return f"{value:%Y-%m-%d %H:%M} UTC"
+
+
+@register.filter
+def invalid_fields(form: Any) -> list[Any]:
+    """The visible fields of a form that carry errors, in the form's order."""
+    return [field for field in form.visible_fields() if field.errors]

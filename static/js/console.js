@@ -53,7 +53,25 @@
     schedule();
   }
 
+  /*
+   * A share downloaded as a file leaves the page as it was (the answer is an attachment): a form
+   * marked data-download-note="<id>" shows that element instead of itself once the download starts.
+   * Without script, reloading the page says the share was taken.
+   */
+  function noteDownloads(form) {
+    form.addEventListener("submit", function () {
+      var chosen = form.querySelector("input[name=delivery]:checked");
+      var note = document.getElementById(form.getAttribute("data-download-note"));
+      if (!chosen || chosen.value !== "download" || !note) { return; }
+      window.setTimeout(function () {
+        form.hidden = true;
+        note.hidden = false;
+      }, 1500);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     Array.prototype.forEach.call(document.querySelectorAll("[data-job-poll]"), watch);
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-download-note]"), noteDownloads);
   });
 }());

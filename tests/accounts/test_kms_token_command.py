@@ -49,7 +49,7 @@ def test_create_prints_a_token_that_authenticates_and_stores_only_its_hash(svc: 
     raw = out.strip()
     assert len(out.splitlines()) == 1
     assert raw.startswith("kms_") and len(raw) > 40
-    assert err == ""
+    assert err == "Scopes: read, use; expires: 2027-01-03.\n"  # what it may do, never the token
 
     token = ApiToken.objects.get(user=svc)
     assert token.digest == hashlib.sha256(raw.encode()).hexdigest()
@@ -124,8 +124,10 @@ def test_bad_input_is_refused_with_a_clear_error(svc: Any, args: list[str], mess
 def test_without_scopes_a_token_gets_what_the_users_roles_can_use(
     svc: Any, alice: Any, bob: Any, erin: Any, who: str, scopes: list[str]
 ) -> None:
-    kms_token("create", "--user", who)
+    out, err = kms_token("create", "--user", who)
     assert sorted(ApiToken.objects.get(user__username=who).scopes) == scopes
+    assert len(out.split()) == 1  # stdout holds the token alone
+    assert f"Scopes: {', '.join(scopes)}; expires: never." in err
 
 
 @pytest.mark.parametrize("who", ["erin", "svc", "alice"])

@@ -195,6 +195,25 @@ def test_a_token_cannot_mint_a_more_powerful_or_longer_lived_token(cast: SimpleN
     assert response.json()["expires_at"] == "2026-12-14T09:00:00Z"
 
 
+def test_revoking_a_token_revokes_every_token_it_minted(cast: SimpleNamespace, clock: Any) -> None:
+    from accounts.services import revoke_token
+
+    parent, raw = create_token(user=cast.alice, scopes=["read", "request"])
+    child_raw = token_client(raw).post(f"{API}/tokens/", {"name": "child"}, format="json").json()["token"]
+    grandchild_raw = (
+        token_client(child_raw).post(f"{API}/tokens/", {"name": "grandchild"}, format="json").json()["token"]
+    )
+    _, sibling_raw = create_token(user=cast.alice, name="from the console")
+    assert ApiToken.objects.get(name="grandchild").parent.name == "child"
+    # The leaked token is revoked: what it minted goes with it; other tokens stay.
+    revoke_token(token=parent, actor=cast.alice)
+    for leaked in (raw, child_raw, grandchild_raw):
+        assert_error(token_client(leaked).get(f"{API}/tokens/"), 401)
+    assert token_client(sibling_raw).get(f"{API}/tokens/").status_code == 200
+    revoked = AuditEvent.objects.filter(action="token.revoked").values_list("details__with_parent", flat=True)
+    assert sorted(v or "" for v in revoked) == ["", parent.prefix, parent.prefix]
+
+
 def test_an_outsider_manages_their_own_tokens_and_nothing_else(cast: SimpleNamespace) -> None:
     client = api_client(cast.mallory)
     created = client.post(f"{API}/tokens/", {"name": "mine"}, format="json")
@@ -263,3 +282,11 @@ def test_the_token_list_runs_a_fixed_number_of_queries(cast: SimpleNamespace, dj
 def test_token_expiry_is_kept_in_utc(cast: SimpleNamespace, clock: Any) -> None:
     token, _ = create_token(user=cast.alice, expires_in_days=2)
     assert token.expires_at == clock.now() + dt.timedelta(days=2)
+
+
+def test_an_unsupported_method_is_a_405_whatever_the_tokens_scopes(erin: Any) -> None:
+    from tests.conftest import api_client
+
+    response = api_client(erin).post("/api/v1/audit/verify/")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"

@@ -235,6 +235,10 @@ def test_a_grant_covers_only_its_operations_and_ends_when_revoked(
     client = api_client(cast.svc, scopes=["use"])
     ciphertext = encrypt(client, aes_key, b"x")["ciphertext"]
     assert_error(decrypt(client, aes_key, ciphertext), 403, "not_granted")
+    # An operation no grant could allow is refused for what the key is, not for the grant.
+    response = post(client, aes_key, "sign", {"message": b64(b"x")})
+    assert_error(response, 409, "use_denied")
+    assert "is a encrypt_decrypt key and cannot sign" in response.json()["error"]["message"]
     grant(aes_key, cast.svc, [], cast.alice, cast.approvers, clock)  # an empty list revokes
     assert_error(post(client, aes_key, "encrypt", {"plaintext": b64(b"x")}), 404, "not_found")
 
@@ -414,7 +418,7 @@ def test_mac_and_verify_mac(cast: SimpleNamespace, clock: Any) -> None:
     bad = post(client, key, "verify-mac", {"message": b64(b"payload!"), "mac": tag})
     assert bad.json() == {"valid": False, "key_version": 1}
     assert_error(post(client, key, "verify-mac", {"message": b64(b"payload"), "mac": ""}), 400, "invalid")
-    assert_error(post(client, key, "encrypt", {"plaintext": b64(b"x")}), 403, "not_granted")
+    assert_error(post(client, key, "encrypt", {"plaintext": b64(b"x")}), 409, "use_denied")  # a MAC key never encrypts
 
 
 def test_caps_are_enforced_by_the_service_too() -> None:

@@ -62,3 +62,26 @@ def test_a_key_administrator_sees_every_backup_of_the_key_and_their_restore_test
     expect(backups.get_by_role("link", name="Back up…")).to_be_visible()
     shot(page, "backups-key-page")
     assert watcher.errors == []
+
+
+def test_a_holder_who_downloads_their_share_is_told_it_is_downloading(
+    live_server: Any, new_context: Any, cast: Any, clock: Any, escrow: Any
+) -> None:
+    from tests.ui.conftest import code_at
+
+    bob = cast.bob
+    clock.advance(seconds=90)  # past the codes bob used to approve the ceremony
+    page = new_context(accept_downloads=True).new_page()
+    watcher = CspWatcher(page)
+    sign_in(page, live_server.url, bob)
+    share = escrow.shares.get(holder=bob)
+    page.goto(f"{live_server.url}/backups/escrow/{escrow.pk}/shares/{share.index}/")
+    page.get_by_label("Download it once as a text file").check()
+    page.get_by_label("One-time code").fill(code_at(bob, 1))
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Take my share").click()
+    assert download.value.suggested_filename == f"kms-share-{str(escrow.pk)[:8]}-{share.index}.txt"
+    expect(page.get_by_role("status")).to_contain_text("Your share is downloading")
+    expect(page.get_by_role("button", name="Take my share")).to_be_hidden()
+    shot(page, "backups-share-downloaded")
+    assert watcher.errors == []

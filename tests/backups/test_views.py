@@ -224,3 +224,34 @@ def test_the_overview_says_a_newer_ceremony_is_handing_off_and_the_old_one_still
     assert reverse("backups:ceremony", args=[escrow.pk]) in page
     assert reverse("backups:ceremony", args=[newer.pk]) in page
     assert "It replaces this one once every holder has taken their share" in page
+
+
+def test_an_approved_restore_says_it_waits_for_shares_and_holders_see_it_on_their_dashboard(
+    cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony
+) -> None:
+    from tests.backups.conftest import enter, take_shares
+
+    shares = take_shares(escrow, clock)
+    key = generate_key(cast.alice, cast.approvers, clock, name="payments")
+    backup = back_up(key, cast, clock)
+    req = open_restore(key, backup, cast, clock)
+    restore = Restore.objects.get(request=req)
+    page = web_client(cast.alice).get(reverse("approvals:request_detail", args=[req.pk])).content.decode()
+    assert "waiting for the custodians&#x27; shares" in page and "(0 so far)" in page
+    assert "being carried out" not in page
+    assert reverse("backups:restore", args=[restore.pk]) in page
+    bob_dashboard = web_client(cast.bob).get("/").content.decode()
+    assert "Key shares need you" in bob_dashboard and reverse("backups:restore", args=[restore.pk]) in bob_dashboard
+    enter(restore.pk, cast.bob, shares["bob"], clock)
+    assert reverse("backups:restore", args=[restore.pk]) not in web_client(cast.bob).get("/").content.decode()
+    assert reverse("backups:restore", args=[restore.pk]) in web_client(cast.carol).get("/").content.decode()
+    assert "Key shares need you" not in web_client(cast.alice).get("/").content.decode()  # not a custodian
+
+
+def test_escrow_shares_to_take_show_on_the_holders_dashboard(
+    cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony
+) -> None:
+    share = escrow.shares.get(holder=cast.bob)
+    page = web_client(cast.bob).get("/").content.decode()
+    assert reverse("backups:share_retrieve", args=[escrow.pk, share.index]) in page
+    assert "before" in page

@@ -129,3 +129,11 @@ def test_only_auditors_record_a_review_and_the_note_is_bounded(clock: Any, cast:
     with pytest.raises(ApplicationError, match="longer than 1000"):
         services.record_audit_review(actor=cast.erin, note="x" * 1001)
     assert not AuditEvent.objects.filter(action="audit.reviewed").exists()
+
+
+def test_offenders_with_numbers_are_listed_in_numeric_order() -> None:
+    from compliance.checks.base import Offender, result
+
+    labels = ["#100 ann", "#13 bob", "#2 cy"]
+    listed = result("audit_review", "", [Offender("audit_event", label, "not reviewed yet", "") for label in labels])
+    assert [o.label for o in listed.offenders] == ["#2 cy", "#13 bob", "#100 ann"]

@@ -68,7 +68,7 @@ def test_acknowledgements_fail_for_missing_expired_or_outdated_ones_and_warn_bef
 def test_mfa_passes_when_every_privileged_user_has_a_confirmed_device(cast: Any) -> None:
     result = run("mfa")
     assert result.status == PASS
-    assert result.figure == "5 of 5 privileged users have a confirmed TOTP device"
+    assert result.figure == "5 of 5 privileged users have a confirmed TOTP device; 1 of 1 auditors"
 
 
 def test_mfa_fails_for_a_privileged_user_without_a_device_and_warns_for_an_auditor(cast: Any) -> None:
@@ -82,7 +82,7 @@ def test_mfa_fails_for_a_privileged_user_without_a_device_and_warns_for_an_audit
     result = run("mfa")
 
     assert result.status == FAIL
-    assert result.figure == "5 of 6 privileged users have a confirmed TOTP device"
+    assert result.figure == "5 of 6 privileged users have a confirmed TOTP device; 1 of 2 auditors"
     reasons = {o.label: (o.severity, o.reason) for o in result.offenders}
     assert reasons == {
         "frank": (FAIL, "custodian, key_admin without a confirmed TOTP device"),

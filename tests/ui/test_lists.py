@@ -33,7 +33,9 @@ QUERIES = {
     "/policies/": ("dave", 3),  # policies with key counts, current versions, open policy requests
     "/custodians/": ("dave", 3),  # people (TOTP, acknowledgement), their groups, open role requests
     "/hsms/": ("dave", 2),  # HSMs with key counts, open HSM requests (health asks the token, not the DB)
-    "/": ("dave", 4),  # inbox, own requests, keys by state, nearing keys, failed jobs (the nav reuses the inbox)
+    # inbox, own requests, keys by state, nearing keys, failed jobs (the nav reuses the inbox), and for
+    # a custodian the escrow shares to take and the restores waiting for their share
+    "/": ("dave", 6),
 }
 
 

@@ -92,7 +92,12 @@ def test_the_activation_choices_become_the_activate_at_parameter(alice: Any, clo
         ({"name": ""}, "name", "Give the key a name."),
         ({"justification": "  "}, "justification", "Give a justification: say why this step is needed."),
         ({"name": "has spaces"}, "name", "Name must be 1-64 letters, digits, dots, dashes or underscores"),
-        ({"usage": "sign_verify"}, "usage", "AES-256 keys may be used for encrypt_decrypt or wrap_unwrap."),
+        (
+            {"usage": "sign_verify"},
+            "usage",
+            "AES-256 keys may be used to encrypt and decrypt data (encrypt_decrypt) or to wrap and unwrap other keys "
+            "(wrap_unwrap).",
+        ),
         ({"algorithm": "DES"}, "algorithm", "Choose one of the listed algorithms."),
         ({"policy": "nope"}, "policy", "Choose one of the listed policies."),
         ({"activation": "at"}, "activate_at", "Give the date and time of activation (UTC)"),
@@ -302,11 +307,16 @@ def test_the_requester_is_refused_with_a_visible_message(rotation: ApprovalReque
     client = web_client(alice)
     page = client.get(f"/requests/{rotation.pk}/").content.decode()
     assert "You made this request." in page
+    # No form is offered; a decision posted by hand is refused, and the page says why.
     response = client.post(f"/requests/{rotation.pk}/decide/", decide_form(rotation, fresh_otp(alice, clock)))
-    assert "You made this request, and a requester never approves or rejects their own request." in form_errors(
-        response
+    assert (
+        "You made this request, and a requester never approves or rejects their own request."
+        in response.content.decode()
     )
     assert not Decision.objects.filter(request=rotation).exists()
+    from audit.models import AuditEvent
+
+    assert AuditEvent.objects.filter(action="request.decision_refused", actor="alice").exists()
 
 
 def test_a_second_decision_by_the_same_person_is_refused(key: Key, alice: Any, bob: Any, clock: Any) -> None:
@@ -435,6 +445,10 @@ def test_policy_numbers_out_of_range_are_named_next_to_their_field(olivia: Any, 
     response = client.post("/policies/standard/propose/", data)
     assert field_error(response, "destruction_wait_days") == "The destruction waiting period must be at most 90."
     assert "At least 0 approvals." in response.content.decode()
+    # A long form says at its top which fields to correct, with a link to each.
+    summary = response.content.decode().split('form-error-summary"', 1)[1].split("</div>", 1)[0]
+    assert 'href="#id_destruction_wait_days"' in summary and 'href="#id_q_generate_approvals"' in summary
+    assert "The destruction waiting period must be at most 90." in summary
     data = policy_form(client, q_policy_change_approvals="0", justification="Weaker rule.")
     response = client.post("/policies/standard/propose/", data)
     assert "policy_change always needs at least one approval" in form_errors(response)

@@ -150,6 +150,24 @@ def test_a_privileged_user_without_a_device_enrols_from_the_qr_page(kms: Any, cl
     assert events("auth.login", actor="nina") == 1
 
 
+def test_an_unconfirmed_enrolment_keeps_its_secret_across_sign_ins_for_a_day(kms: Any, clock: Any) -> None:
+    make_user("nina", {"key_admin"}, totp=False)
+
+    def secret_at_a_new_sign_in() -> str:
+        client = Client()
+        password_step(client, "nina")
+        page = client.get("/accounts/enrol/").content.decode()
+        return re.search(r'id="totp-secret">([A-Z2-7 ]+)<', page).group(1)
+
+    first = secret_at_a_new_sign_in()
+    clock.advance(hours=3)
+    assert secret_at_a_new_sign_in() == first  # the QR code scanned earlier still works
+    assert TOTPDevice.objects.filter(user__username="nina").count() == 1
+    clock.advance(hours=24)
+    assert secret_at_a_new_sign_in() != first  # a stale enrolment is replaced
+    assert TOTPDevice.objects.filter(user__username="nina").count() == 1
+
+
 def test_a_password_alone_cannot_replace_an_enrolled_device(bob: Any, clock: Any) -> None:
     client = Client()
     password_step(client, "bob")

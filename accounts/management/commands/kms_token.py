@@ -44,10 +44,13 @@ class Command(KmsCommand):
                 raise CommandError(
                     f"{user.get_username()} never approves, so their token cannot have the approve scope"
                 )
-            _, raw = services.create_token(
+            token, raw = services.create_token(
                 user=user, scopes=scopes, expires_in_days=options["expires_in"], name=options["name"]
             )
             self.stdout.write(raw)
+            # stdout stays the token alone (scripts read it); what it may do goes to stderr.
+            expires = token.expires_at.date() if token.expires_at else "never"
+            self.stderr.write(f"Scopes: {', '.join(sorted(token.scopes))}; expires: {expires}.")
         elif action == "revoke":
             tokens = list(ApiToken.objects.filter(prefix__startswith=options["prefix"], revoked_at__isnull=True))
             if len(tokens) != 1:
