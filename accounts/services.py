@@ -24,7 +24,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.locking import lock_trail
 from audit.services import record
-from kms_console.lib.errors import ApplicationError, Conflict
+from kms_console.lib.errors import ApplicationError, Conflict, Forbidden
 from kms_console.lib.roles import APPROVER_ROLES, PRIVILEGED_ROLES, Role, validate_role_set
 
 from . import responsibilities
@@ -110,23 +110,19 @@ def has_confirmed_device(user: Any) -> bool:
     return TOTPDevice.objects.filter(user=user, confirmed=True).exists()
 
 
-# An enrolment started at one sign-in and not confirmed is offered again for this long.
-PENDING_ENROLMENT_LIFETIME = dt.timedelta(hours=24)
+def start_totp_enrolment(user: Any) -> tuple[TOTPDevice, bool]:
+    """An unconfirmed device for the enrolment page, and whether it replaced an earlier unconfirmed one.
 
-
-def pending_totp_enrolment(user: Any) -> TOTPDevice | None:
-    """The user's unconfirmed device of a recent enrolment, if any (a read: nothing changes)."""
-    since = timezone.now() - PENDING_ENROLMENT_LIFETIME
-    return TOTPDevice.objects.filter(user=user, confirmed=False, created_at__gte=since).order_by("-created_at").first()
-
-
-def start_totp_enrolment(user: Any) -> TOTPDevice:
-    """An unconfirmed device for the enrolment page (replaces an earlier unconfirmed one)."""
+    Its secret is shown only to the session that started it: a later sign-in (maybe someone else's,
+    with the password alone) gets a new secret, which makes one scanned earlier stop working, so
+    the user notices instead of sharing a secret unknowingly; the page then says so."""
     with transaction.atomic():
-        TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+        replaced = TOTPDevice.objects.filter(user=user, confirmed=False).delete()[0] > 0
         device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
-        record("otp.enrolment_started", actor=user, target_type="user", target_id=user.pk)
-    return device
+        record(
+            "otp.enrolment_started", actor=user, target_type="user", target_id=user.pk, details={"replaced": replaced}
+        )
+    return device, replaced
 
 
 def confirm_totp_enrolment(*, user: Any, device_id: int, code: str) -> TOTPDevice:
@@ -299,6 +295,8 @@ def provision_user(
             user.email = email
         if password is not None:
             user.set_password(password)
+            # A secret shown to a session that had only the old password must not survive it.
+            TOTPDevice.objects.filter(user=user, confirmed=False).delete()
         elif created:
             user.set_unusable_password()
         user.save()
@@ -388,6 +386,12 @@ def create_token(
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     now = timezone.now()
     with transaction.atomic():
+        if parent is not None:
+            # Under the parent's row lock: a revocation that committed since the request was
+            # authenticated is seen here, so no child is ever born to a revoked parent.
+            parent = ApiToken.objects.select_for_update().get(pk=parent.pk)
+            if parent.revoked_at is not None or (parent.expires_at is not None and parent.expires_at <= now):
+                raise Forbidden("The token making this request was revoked or has expired.", code="token_revoked")
         token = ApiToken.objects.create(
             user=user,
             name=name,

@@ -51,6 +51,7 @@ from .middleware import NOTICE_SESSION_KEY
 
 # The unconfirmed device the enrolment page shows, so a reload keeps the same QR code.
 ENROL_SESSION_KEY = "kms_enrol_device"
+ENROL_REPLACED_SESSION_KEY = "kms_enrol_replaced"
 
 
 def _with_next(url_name: str, next_url: str) -> str:
@@ -206,16 +207,13 @@ def otp_view(request: HttpRequest) -> HttpResponse:
 
 
 def _pending_device(request: HttpRequest, user: Any) -> TOTPDevice:
-    """The device being enrolled: this session's, else the user's unconfirmed one from an earlier
-    sign-in today (someone who scanned the QR code and signs in again keeps the same secret), else
-    a new one."""
+    """The device this session is enrolling; a new one (with a new secret) for a new session."""
     pk = request.session.get(ENROL_SESSION_KEY)
     device = TOTPDevice.objects.filter(user=user, pk=pk, confirmed=False).first() if pk else None
     if device is None:
-        device = services.pending_totp_enrolment(user)
-    if device is None:
-        device = services.start_totp_enrolment(user)
-    request.session[ENROL_SESSION_KEY] = device.pk
+        device, replaced = services.start_totp_enrolment(user)
+        request.session[ENROL_SESSION_KEY] = device.pk
+        request.session[ENROL_REPLACED_SESSION_KEY] = replaced
     return device
 
 
@@ -280,6 +278,7 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
                     )
         else:
             request.session.pop(ENROL_SESSION_KEY, None)
+            request.session.pop(ENROL_REPLACED_SESSION_KEY, None)
             if was_verified:
                 otp_login(request, confirmed)
             else:
@@ -295,6 +294,8 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
         "qr_data_uri": _qr_data_uri(device.config_url),
         "secret": _grouped(secret),
         "replacing": was_verified,
+        # An earlier sign-in showed another secret, now void: an app that scanned it must scan this one.
+        "earlier_secret_void": bool(request.session.get(ENROL_REPLACED_SESSION_KEY)),
     }
     return render(request, "accounts/enrol.html", context)
 

@@ -416,6 +416,7 @@ def execution_window_open(request_id: Any) -> bool:
 
 
 def cancel(*, request_id: Any, actor: Any) -> ApprovalRequest:
+    refusal: ApplicationError | None = None
     with transaction.atomic():
         req = ApprovalRequest.objects.select_for_update().filter(pk=request_id).first()
         if req is None:
@@ -424,11 +425,16 @@ def cancel(*, request_id: Any, actor: Any) -> ApprovalRequest:
             raise Forbidden("Only the requester can cancel a request.", code="not_requester")
         if req.review_of_id is not None:
             # The review of an immediate suspend or compromise is mandatory: the person who acted
-            # at once must not be able to withdraw it from the reviewers.
-            raise Conflict(
+            # at once must not be able to withdraw it from the reviewers. The attempt is recorded.
+            refusal = Conflict(
                 "A mandatory review cannot be cancelled; the reviewers confirm or dispute the immediate step.",
                 code="review_not_cancellable",
             )
+            _audit_request("request.cancel_refused", req, actor=actor, reason=refusal.code)
+    if refusal is not None:
+        raise refusal
+    with transaction.atomic():
+        req = ApprovalRequest.objects.select_for_update().get(pk=request_id)
         if req.state != RequestState.PENDING:
             raise Conflict(
                 f"The request is {req.state}; only pending requests can be cancelled.", code=f"request_{req.state}"

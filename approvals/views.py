@@ -87,18 +87,23 @@ def _parameter_rows(parameters: dict[str, Any]) -> list[dict[str, Any]]:
         elif isinstance(value, list):
             rows.append({"name": name, "value": ", ".join(str(v) for v in value) or "—"})
         else:
-            rows.append({"name": name, "value": "—" if value in (None, "") else _readable(value)})
+            rows.append({"name": name, "value": "—" if value in (None, "") else _readable(name, value)})
     return rows
 
 
-def _readable(value: Any) -> Any:
-    """An ISO date-time parameter as the console writes times ("2026-12-04 09:00:00 UTC"); the digest
-    covers the exact value, which the request's JSON keeps."""
-    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] == "T":
+def _readable(name: str, value: Any) -> Any:
+    """A date-time parameter (`…_at`, `until`) as the console writes times ("2026-12-04 09:00:00 UTC").
+    Free text is shown as given, whatever it looks like; the digest covers the exact values, which the
+    request's JSON keeps."""
+    if not (name.endswith("_at") or name == "until") or not isinstance(value, str):
+        return value
+    try:
         parsed = parse_datetime(value)
-        if parsed is not None and parsed.tzinfo is not None:
-            return f"{parsed.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
-    return value
+    except ValueError:  # well formed but impossible (month 13): show it as it is
+        return value
+    if parsed is None or parsed.tzinfo is None:
+        return value
+    return f"{parsed.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def with_approval_count(queryset: QuerySet[ApprovalRequest]) -> QuerySet[ApprovalRequest]:

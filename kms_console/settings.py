@@ -265,17 +265,15 @@ KMS_REQUIRE_SERVICES = envbool("KMS_REQUIRE_SERVICES", False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     # A refused or missing page (403, 404) is an ordinary answer, logged in one line, not with the
-    # traceback of the exception that produced it.
-    "filters": {"client_errors_without_traceback": {"()": "kms_console.lib.logs.ClientErrorsWithoutTraceback"}},
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["client_errors_without_traceback"],
+    # traceback of the exception that produced it (kms_console.lib.logs).
+    "formatters": {
+        "plain": {
+            "()": "kms_console.lib.logs.ClientErrorFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
         }
     },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

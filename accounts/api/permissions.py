@@ -63,6 +63,8 @@ def _handles(view: Any, request: Request) -> bool:
     method = request.method.lower()
     if method not in getattr(view, "http_method_names", ()):
         return False
+    if method == "options":
+        return True  # DRF answers OPTIONS itself (the view's metadata): checked like a read
     if getattr(view, "action_map", None) is not None:  # a viewset: its route maps methods to actions
         return method in view.action_map
     return hasattr(view, method)

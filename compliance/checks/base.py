@@ -102,8 +102,13 @@ class CheckResult:
 
 
 def natural_key(text: str) -> tuple[tuple[int, Any], ...]:
-    """Sort key that orders the digit runs of a text as numbers ("#13 bob" before "#100 ann")."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part)
+    """Sort key that orders the ASCII digit runs of a text as numbers ("#13 bob" before "#100 ann"),
+    by length then digits (no int(): any label, however long, sorts without error)."""
+    return tuple(
+        (0, (len(part.lstrip("0")), part.lstrip("0"))) if part[0] in "0123456789" else (1, part)
+        for part in re.split(r"([0-9]+)", text)
+        if part
+    )
 
 
 def result(

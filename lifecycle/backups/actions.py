@@ -125,7 +125,9 @@ def _escrow_describe(req: ApprovalRequest) -> str:
         f"Escrow the backup KEK '{p['key']}' v{p['kek_version']} (check value {p['kcv']}) under split knowledge: the "
         f"HSM wraps it under a fresh recovery key, which is split so that any {p['threshold']} of these "
         f"{p['shares']} custodians can recover it: {', '.join(p['custodians'])}. Each takes their own share once; "
-        "the console keeps only fingerprints. An earlier escrow of this key stops working."
+        "the console keeps only fingerprints. Once every holder has taken their share, an earlier escrow of this "
+        "key stops working (restores still collecting its shares end); until then it stays the one that recovers "
+        "the KEK."
     )
 
 

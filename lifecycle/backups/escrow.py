@@ -232,6 +232,9 @@ def supersede_older(ceremony: EscrowCeremony, now: dt.datetime) -> list[str]:
     ):
         end_ceremony(older, CeremonyState.SUPERSEDED, now, details={"by": str(ceremony.pk)})
         superseded.append(str(older.pk))
+        from .restore import end_restores_of_superseded  # restore builds on this module
+
+        end_restores_of_superseded(older, now)
     return superseded
 
 

@@ -19,7 +19,7 @@ from django.db import DatabaseError
 from kms_console.lib.errors import Conflict
 
 from ..hsm import HsmDataError, HsmError, HsmOperationError
-from ..models import Backup, EscrowCeremony, Job, JobKind, KeyVersion, Restore, VersionCopy
+from ..models import Backup, EscrowCeremony, Job, JobKind, KeyVersion, Restore
 from ..services import keys
 from ..services.jobs import JobHandler, register_job_handler
 from ..services.steps import DESTRUCTION_HOOKS, object_label
@@ -30,7 +30,7 @@ from .common import b64, unb64
 from .destruction import destroy_backups
 from .distribution import record_export
 from .escrow import KEK_ALGORITHM, record_escrow, share_context
-from .restore import discard_restored, fail_restore, record_restore, restore_material
+from .restore import discard_restored, fail_restore, record_restore, record_stray_copy, restore_material
 
 # --- Backup ---------------------------------------------------------------------------------------
 
@@ -135,20 +135,23 @@ def _source_check(restore: Restore, version: KeyVersion) -> dict[str, Any]:
 def _discard_earlier_delivery(restore: Restore, backup: Backup) -> None:
     """A version destroyed or scheduled for destruction is not restored; but an earlier delivery of
     this job may have unwrapped it onto the target before the worker died, and no record names that
-    object, so destruction would not reach it. Destroy it there (and confirm it is gone), unless the
-    target is a place the console records the version living: its own HSM or a live copy, which the
-    destruction reaches anyway. Only the backed-up key itself is destroyed, never another object."""
+    object, so destruction would not reach it. Only the backed-up key itself counts, never another
+    object under the same CKA_ID.
+
+    - Destroyed: the destruction is over, so the object is a stray: destroy it (and confirm it is gone).
+    - Scheduled: record it as a copy of the version on the target (`record_stray_copy`, under the
+      version's row lock), so that the destruction reaches it; nothing is destroyed early.
+    """
     version = backup.version
     target = restore.target_hsm
-    if version.state != KeyState.DESTROYED and (
-        version.hsm_id == target.pk
-        or VersionCopy.objects.filter(version=version, hsm=target, ended_at__isnull=True).exists()
-    ):
-        return
     backend = target.backend()
     existing = backend.lookup(version.cka_id_bytes, version.key.algorithm)
-    if existing is not None and _is_the_backed_up_key(backend, existing.kcv, backup):
+    if existing is None or not _is_the_backed_up_key(backend, existing.kcv, backup):
+        return
+    if version.state == KeyState.DESTROYED:
         discard_restored(restore, version)
+    else:
+        record_stray_copy(restore, version)
 
 
 def _restore_attempt(job: Job, restore: Restore) -> dict[str, Any]:

@@ -14,10 +14,11 @@ it too and the HSM is not retired while it holds one.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -51,6 +52,9 @@ from . import hsm_ops, shares
 from .escrow import ceremony_for
 
 DEFAULT_SHARE_WINDOW_HOURS = 4
+
+
+logger = logging.getLogger(__name__)
 
 
 def share_window() -> dt.timedelta:
@@ -267,6 +271,36 @@ def expire_restore(restore: Restore, now: dt.datetime) -> None:
     )
 
 
+def end_restores_of_superseded(ceremony: Any, now: dt.datetime) -> int:
+    """A newer ceremony superseded `ceremony` (its wrapped KEK is wiped): restores still collecting
+    shares of it can never run. End them now, with the reason, and wipe the shares entered so far.
+    (A restore whose job runs already read what it needs.) The caller holds the ceremony's lock."""
+    message = (
+        "The escrow ceremony this restore relied on was superseded by a newer one; its shares open nothing "
+        "now. Request the restore again: the holders enter shares of the new ceremony."
+    )
+    ended = 0
+    for restore in (
+        Restore.objects.select_for_update()
+        .select_related("backup__version")
+        .filter(ceremony=ceremony, state=RestoreState.COLLECTING)
+    ):
+        restore.state = RestoreState.FAILED
+        restore.error = message
+        restore.finished_at = now
+        restore.save(update_fields=["state", "error", "finished_at"])
+        _wipe_entered(restore)
+        record(
+            "restore.failed",
+            target_type="key",
+            target_id=restore.backup.version.key_id,
+            details={"restore": str(restore.pk), "error": message, "reason": "ceremony_superseded"},
+        )
+        approvals.mark_failed(restore.request_id, message)
+        ended += 1
+    return ended
+
+
 def fail_restore(restore_id: Any, message: str) -> None:
     """The restore job failed for good: end the restore and wipe its entered shares."""
     with transaction.atomic():
@@ -373,6 +407,35 @@ def _record_copy(
     return VersionCopy.objects.create(version=version, hsm=source, restore=restore, seen_present=seen, recorded_at=now)
 
 
+@transaction.atomic
+def record_stray_copy(restore: Restore, version: KeyVersion) -> VersionCopy | None:
+    """The target of a restore that was refused holds the version's material (an earlier delivery
+    put it there): record it as a copy, so that the version's destruction destroys it too. Nothing
+    is recorded where the version lives or where a live copy is recorded already (row lock on the
+    version: a concurrent restore that moves it is seen)."""
+    version = KeyVersion.objects.select_for_update().get(pk=version.pk)
+    if version.state == KeyState.DESTROYED or version.hsm_id == restore.target_hsm_id:
+        return None
+    live = VersionCopy.objects.filter(version=version, hsm_id=restore.target_hsm_id, ended_at__isnull=True).first()
+    if live is not None:
+        return live
+    copy = VersionCopy.objects.create(
+        version=version, hsm_id=restore.target_hsm_id, restore=restore, seen_present=True, recorded_at=timezone.now()
+    )
+    record(
+        "restore.copy_recorded",
+        target_type="key",
+        target_id=version.key_id,
+        details={
+            "restore": str(restore.pk),
+            "version": version.number,
+            "hsm": restore.target_hsm.name,
+            "reason": "an earlier run of the refused restore left the key there",
+        },
+    )
+    return copy
+
+
 def discard_restored(restore: Restore, version: KeyVersion) -> None:
     """Destroy what a restore put on its target for a version destroyed meanwhile; confirm it is gone.
 
@@ -388,18 +451,28 @@ def discard_restored(restore: Restore, version: KeyVersion) -> None:
 
 
 def expire_restores(now: dt.datetime | None = None) -> int:
-    """Beat: close share windows that ran out; end restores whose job failed for good."""
+    """Beat: close share windows that ran out; end restores whose job failed for good. Each restore
+    in its own transaction: one that cannot be closed now (a lock timeout, a lost connection) is
+    logged and tried again at the next run, and does not hold up the others."""
     now = now or timezone.now()
     count = 0
-    for pk in Restore.objects.filter(state=RestoreState.COLLECTING, collect_until__lt=now).values_list("pk", flat=True):
-        with transaction.atomic():
-            restore = Restore.objects.select_for_update().get(pk=pk)
-            if restore.state == RestoreState.COLLECTING and restore.collect_until < now:
-                expire_restore(restore, now)
-                count += 1
-    for pk in Restore.objects.filter(state=RestoreState.RESTORING, job__status=JobStatus.FAILED).values_list(
-        "pk", flat=True
+    for pk in list(
+        Restore.objects.filter(state=RestoreState.COLLECTING, collect_until__lt=now).values_list("pk", flat=True)
     ):
-        fail_restore(pk, "the restore job failed")
-        count += 1
+        try:
+            with transaction.atomic():
+                restore = Restore.objects.select_for_update().get(pk=pk)
+                if restore.state == RestoreState.COLLECTING and restore.collect_until < now:
+                    expire_restore(restore, now)
+                    count += 1
+        except DatabaseError:
+            logger.exception("could not close the share window of restore %s; trying again next run", pk)
+    for pk in list(
+        Restore.objects.filter(state=RestoreState.RESTORING, job__status=JobStatus.FAILED).values_list("pk", flat=True)
+    ):
+        try:
+            fail_restore(pk, "the restore job failed")
+            count += 1
+        except DatabaseError:
+            logger.exception("could not end restore %s after its job failed; trying again next run", pk)
     return count

@@ -9,13 +9,13 @@ from django.db import migrations, models
 
 
 def deadline_for_ceremonies_handing_off(apps, schema_editor):
-    """Ceremonies that were handing their shares off before deadlines existed get one now, counted
-    from when their shares were made, so that no sealed share waits indefinitely."""
+    """Ceremonies that were handing their shares off before deadlines existed get one, a whole window
+    from the upgrade (not from when their shares were made, which would fail them at the next beat
+    without notice), so that no sealed share waits indefinitely."""
     EscrowCeremony = apps.get_model("lifecycle", "EscrowCeremony")
     window = datetime.timedelta(hours=getattr(settings, "KMS_ESCROW_SHARE_RETRIEVAL_HOURS", 72))
-    for ceremony in EscrowCeremony.objects.filter(state="distributing", retrieve_by__isnull=True):
-        ceremony.retrieve_by = (ceremony.distributed_at or ceremony.created_at) + window
-        ceremony.save(update_fields=["retrieve_by"])
+    deadline = datetime.datetime.now(datetime.timezone.utc) + window
+    EscrowCeremony.objects.filter(state="distributing", retrieve_by__isnull=True).update(retrieve_by=deadline)
 
 
 class Migration(migrations.Migration):

@@ -177,3 +177,14 @@ def test_show_reports_roles_second_factor_and_acknowledgement(kms: Any, bob: Any
     assert out.strip() == "bob roles=custodian totp=yes acknowledged=yes"
     out, _ = kms_user("show", "alice")
     assert out.strip() == "alice roles=key_admin totp=yes acknowledged=no"
+
+
+def test_a_new_password_voids_an_enrolment_secret_shown_under_the_old_one(kms: Any) -> None:
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from accounts.services import provision_user, start_totp_enrolment
+
+    user, _, _ = provision_user(username="nora", roles={"key_admin"}, password="an old long passphrase")
+    start_totp_enrolment(user)  # a session with the old password saw this secret
+    provision_user(username="nora", roles={"key_admin"}, password="a new long passphrase 2")
+    assert not TOTPDevice.objects.filter(user=user).exists()

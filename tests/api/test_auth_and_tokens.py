@@ -290,3 +290,24 @@ def test_an_unsupported_method_is_a_405_whatever_the_tokens_scopes(erin: Any) ->
     response = api_client(erin).post("/api/v1/audit/verify/")
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_options_needs_the_scopes_and_roles_of_a_read(cast: SimpleNamespace, mallory: Any) -> None:
+    from tests.conftest import api_client
+
+    for path in ("/api/v1/keys/", "/api/v1/audit/events/", "/api/v1/backups/"):
+        assert_error(api_client(cast.svc, scopes=["use"]).options(path), 403, "scope_required")
+        assert_error(api_client(mallory).options(path), 403, "role_required")
+    assert api_client(cast.erin).options("/api/v1/keys/").status_code == 200
+
+
+def test_a_token_revoked_while_it_mints_gets_no_child(cast: SimpleNamespace) -> None:
+    from accounts.services import revoke_token
+    from kms_console.lib.errors import Forbidden
+
+    parent, _ = create_token(user=cast.alice, scopes=["read"])
+    stale = ApiToken.objects.get(pk=parent.pk)  # as authenticated before the revocation committed
+    revoke_token(token=parent, actor=cast.alice)
+    with pytest.raises(Forbidden):
+        create_token(user=cast.alice, scopes=["read"], parent=stale)
+    assert ApiToken.objects.filter(parent=parent).count() == 0

@@ -115,3 +115,7 @@ def test_the_person_who_acted_cannot_cancel_the_mandatory_review(cast: Any, cloc
     review.refresh_from_db()
     assert review.state == RequestState.PENDING
     assert not AuditEvent.objects.filter(action="request.cancelled", target_id=str(review.pk)).exists()
+    # Each attempt (service, API, console) is recorded.
+    assert (
+        AuditEvent.objects.filter(action="request.cancel_refused", target_id=str(review.pk), actor="bob").count() == 3
+    )

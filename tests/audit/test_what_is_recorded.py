@@ -146,7 +146,7 @@ def console_sign_in_and_out(run: Run, user: Any) -> None:
 def enrol_a_new_custodian(run: Run, olivia: Any, custodians: list[Any]) -> Any:
     """frank enrols his authenticator and accepts the responsibilities; a role change makes him custodian."""
     frank = make_user("frank", set(), totp=False)
-    device = accounts.start_totp_enrolment(frank)
+    device, _ = accounts.start_totp_enrolment(frank)
     run.secrets_extra = [device.key]
     code = f"{totp(device.bin_key, device.step, device.t0, device.digits, device.drift):06d}"
     run.otp_codes.append(code)

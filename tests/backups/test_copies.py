@@ -172,7 +172,7 @@ def test_a_version_destroyed_while_its_restore_ran_keeps_nothing_on_the_target(
 
 
 @pytest.mark.parametrize("wait_days", [0, 7])
-def test_a_redelivered_restore_of_a_version_now_destroyed_or_scheduled_leaves_nothing_on_the_target(
+def test_a_redelivered_restore_of_a_version_now_destroyed_or_scheduled_leaves_nothing_unrecorded(
     cast: SimpleNamespace,
     clock: Any,
     escrow: Any,
@@ -182,6 +182,7 @@ def test_a_redelivered_restore_of_a_version_now_destroyed_or_scheduled_leaves_no
     wait_days: int,
 ) -> None:
     from lifecycle.backups import jobs as backup_jobs
+    from tests.lifecycle.helpers import wait_out_destruction
 
     make_policy("waiting", destruction_wait_days=wait_days)
     key = generate_key(cast.alice, cast.approvers, clock, name="payments", policy="waiting")
@@ -203,13 +204,26 @@ def test_a_redelivered_restore_of_a_version_now_destroyed_or_scheduled_leaves_no
     run_job(job.pk)  # the redelivery
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and "scheduled for destruction" in job.error
-    assert not other_hsm.backend().exists(version.cka_id_bytes)
     restore.refresh_from_db()
     assert restore.state == RestoreState.FAILED
     version.refresh_from_db()
-    assert version.hsm != other_hsm and not VersionCopy.objects.filter(version=version).exists()
-    if wait_days:
-        assert default_backend().exists(version.cka_id_bytes)  # the version's own object waits for its destruction
+    assert version.hsm != other_hsm
+    if wait_days == 0:
+        # Destroyed already: the stray object is destroyed at once.
+        assert not other_hsm.backend().exists(version.cka_id_bytes)
+        assert not VersionCopy.objects.filter(version=version).exists()
+        return
+    # Only scheduled: nothing is destroyed early, the object is recorded as a copy...
+    copy = VersionCopy.objects.get(version=version, ended_at__isnull=True)
+    assert copy.hsm == other_hsm and copy.restore == restore
+    assert AuditEvent.objects.filter(action="restore.copy_recorded").exists()
+    # ...which the destruction then reaches and certifies.
+    wait_out_destruction(key, clock)
+    assert key.state == KeyState.DESTROYED
+    assert not other_hsm.backend().exists(version.cka_id_bytes)
+    assert not default_backend().exists(version.cka_id_bytes)
+    (entry,) = key.destruction_certificate.body["versions"]
+    assert [c["hsm"] for c in entry["copies"]] == ["other"]
 
 
 def test_an_hsm_a_restore_is_on_its_way_to_is_not_retired(

@@ -248,3 +248,29 @@ def test_a_failing_restore_sweep_does_not_keep_escrow_shares_waiting(
     assert close_windows() == 1
     escrow.refresh_from_db()
     assert escrow.state == CeremonyState.FAILED
+
+
+def test_a_restore_collecting_shares_of_a_superseded_ceremony_ends_with_the_reason(
+    cast: SimpleNamespace, clock: Any, kek: Any, escrow: EscrowCeremony
+) -> None:
+    from approvals.models import RequestState
+    from lifecycle.models import Restore, RestoreState
+    from tests.backups.conftest import back_up, enter, open_restore
+    from tests.lifecycle.helpers import generate_key as make_key
+
+    old_shares = take_shares(escrow, clock)
+    key = make_key(cast.alice, cast.approvers, clock, name="payments")
+    backup = back_up(key, cast, clock)
+    newer = hold_escrow(kek, cast, clock, holders=("bob", "carol"), threshold=2)
+    req = open_restore(key, backup, cast, clock)  # uses the complete (older) ceremony
+    restore = Restore.objects.get(request=req)
+    assert restore.ceremony_id == escrow.pk
+    enter(restore.pk, cast.bob, old_shares["bob"], clock)
+    take_shares(newer, clock)  # the newer one completes and supersedes the older
+    restore.refresh_from_db()
+    req.refresh_from_db()
+    assert restore.state == RestoreState.FAILED and "superseded by a newer one" in restore.error
+    assert set(restore.entered_shares.values_list("sealed", flat=True)) == {""}
+    assert req.state == RequestState.FAILED and "superseded" in req.error
+    with pytest.raises(ApplicationError):
+        enter(restore.pk, cast.carol, old_shares["carol"], clock)

@@ -69,18 +69,19 @@ def test_an_hsm_failure_escaping_an_api_view_uses_the_error_shape() -> None:
 
 def test_a_refused_page_is_logged_in_one_line_without_a_traceback() -> None:
     import logging
+    import sys
 
-    from kms_console.lib.logs import ClientErrorsWithoutTraceback
+    from kms_console.lib.logs import ClientErrorFormatter
 
     try:
         raise PermissionError("no")
     except PermissionError:
-        import sys
-
         exc_info = sys.exc_info()
+    formatter = ClientErrorFormatter("%(message)s")
     refused = logging.LogRecord("django.request", logging.WARNING, __file__, 1, "Forbidden: /audit/", (), exc_info)
     refused.status_code = 403
-    assert ClientErrorsWithoutTraceback().filter(refused) and refused.exc_info is None
+    assert formatter.format(refused) == "Forbidden: /audit/"
+    assert refused.exc_info is exc_info  # other handlers still see the exception
     broken = logging.LogRecord("django.request", logging.ERROR, __file__, 1, "Server error: /x/", (), exc_info)
     broken.status_code = 500
-    assert ClientErrorsWithoutTraceback().filter(broken) and broken.exc_info is exc_info
+    assert "Traceback" in formatter.format(broken)

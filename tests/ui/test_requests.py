@@ -556,3 +556,23 @@ def test_the_new_request_page_lists_what_each_role_may_ask_for(alice: Any, olivi
     erin_page = web_client(erin).get("/requests/new/").content.decode()
     assert "Your roles request no key steps." in erin_page
     assert "Security officers request policy, role and HSM changes." in erin_page
+
+
+def test_the_request_page_shows_times_readably_and_free_text_as_given(alice: Any, bob: Any, clock: Any) -> None:
+    req = open_request(
+        operation="generate",
+        requester=alice,
+        justification="Dates in parameters.",
+        parameters={
+            "name": "dated",
+            "algorithm": "AES-256",
+            "usage": "encrypt_decrypt",
+            "description": "2026-13-45T00:00:00Z",  # looks like a time, is not one: text all the same
+            "activate_at": "2026-12-24T18:30:00+01:00",
+        },
+    )
+    response = web_client(bob).get(f"/requests/{req.pk}/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "2026-13-45T00:00:00Z" in page
+    assert "2026-12-24 17:30:00 UTC" in page

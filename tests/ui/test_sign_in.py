@@ -150,22 +150,30 @@ def test_a_privileged_user_without_a_device_enrols_from_the_qr_page(kms: Any, cl
     assert events("auth.login", actor="nina") == 1
 
 
-def test_an_unconfirmed_enrolment_keeps_its_secret_across_sign_ins_for_a_day(kms: Any, clock: Any) -> None:
+def test_each_sign_in_gets_its_own_enrolment_secret_and_is_told_an_earlier_one_is_void(kms: Any, clock: Any) -> None:
     make_user("nina", {"key_admin"}, totp=False)
 
-    def secret_at_a_new_sign_in() -> str:
+    def enrolment_page() -> tuple[Client, str]:
         client = Client()
         password_step(client, "nina")
-        page = client.get("/accounts/enrol/").content.decode()
-        return re.search(r'id="totp-secret">([A-Z2-7 ]+)<', page).group(1)
+        return client, client.get("/accounts/enrol/").content.decode()
 
-    first = secret_at_a_new_sign_in()
-    clock.advance(hours=3)
-    assert secret_at_a_new_sign_in() == first  # the QR code scanned earlier still works
+    def secret_of(page: str) -> str:
+        return re.search(r'id="totp-secret">([A-Z2-7 ]+)<', page).group(1).replace(" ", "")
+
+    first_client, first = enrolment_page()
+    assert 'id="earlier-secret-void"' not in first
+    # Someone else with the password alone never sees the secret the first session shows.
+    _, second = enrolment_page()
+    assert secret_of(second) != secret_of(first)
+    assert 'id="earlier-secret-void"' in second and "This is a new secret" in second
     assert TOTPDevice.objects.filter(user__username="nina").count() == 1
-    clock.advance(hours=24)
-    assert secret_at_a_new_sign_in() != first  # a stale enrolment is replaced
-    assert TOTPDevice.objects.filter(user__username="nina").count() == 1
+    # The first session's secret is void: a code from it does not enrol.
+    key = base64.b32decode(secret_of(first))
+    response = first_client.post("/accounts/enrol/", {"code": f"{totp(key, 30, 0, 6, 0):06d}"})
+    assert response.status_code == 200
+    assert not TOTPDevice.objects.filter(user__username="nina", confirmed=True).exists()
+    assert AuditEvent.objects.filter(action="otp.enrolment_started", details__replaced=True).count() >= 1
 
 
 def test_a_password_alone_cannot_replace_an_enrolled_device(bob: Any, clock: Any) -> None:
