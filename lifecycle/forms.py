@@ -406,6 +406,7 @@ class PolicyForm(RequestForm):
         the old ones. The proposer either rewrites it or ticks `keep_description`.
         """
         data = super().clean()
+        self._check_periods(data)
         if self.current is None or self.errors or data.get("keep_description"):
             return data
         old_text = (self.current.description or "").strip()
@@ -427,6 +428,22 @@ class PolicyForm(RequestForm):
                 "the old ones. Update it, or tick “Keep this description” if it still fits.",
             )
         return data
+
+    def _check_periods(self, data: dict[str, Any]) -> None:
+        """The periods that depend on each other, checked with the other fields so that one submit
+        names every problem (policy_change checks them again: clean_settings)."""
+        originator = data.get("originator_period_days")
+        recipient = data.get("recipient_period_days")
+        rotation = data.get("rotation_period_days")
+        if originator and recipient and recipient < originator and "recipient_period_days" not in self.errors:
+            self.add_error(
+                "recipient_period_days", "The recipient-usage period must not be shorter than the originator period."
+            )
+        if originator and rotation and rotation > originator and "rotation_period_days" not in self.errors:
+            self.add_error(
+                "rotation_period_days",
+                "The rotation period must not exceed the originator period (keys rotate before it ends).",
+            )
 
     def parameters(self) -> dict[str, Any]:
         data = self.cleaned_data

@@ -73,11 +73,26 @@ def restore_target(backup: Backup, hsm_name: Any) -> Hsm:
     return hsm
 
 
-def check_restore(backup: Backup) -> EscrowCeremony:
+def check_restore(backup: Backup, *, request: ApprovalRequest | None = None) -> EscrowCeremony:
+    """The backup can be restored now. One restore of a version at a time: two at once (into
+    different HSMs) could each move the version and lose track of the copy the other leaves."""
     if backup.destroyed_at is not None:
         raise Conflict("This backup was destroyed.", code="backup_destroyed")
     if backup.version.state == KeyState.DESTROYED:
         raise Conflict("The backed-up version was destroyed; it is not restored.", code="version_destroyed")
+    other = (
+        Restore.objects.filter(
+            backup__version_id=backup.version_id, state__in=[RestoreState.COLLECTING, RestoreState.RESTORING]
+        )
+        .exclude(request=request)
+        .first()
+    )
+    if other is not None:
+        raise Conflict(
+            f"Version {backup.version.number} is being restored already (restore {str(other.pk)[:8]}); "
+            "wait until that restore has ended.",
+            code="restore_in_progress",
+        )
     ceremony = ceremony_for(backup.kek_version)
     if ceremony is None:
         raise Conflict("No live escrow ceremony can recover the KEK this backup was made under.", code="no_escrow")
@@ -91,7 +106,7 @@ def start_restore(*, backup: Backup, hsm: Hsm, request: ApprovalRequest) -> Rest
     ).first()
     if ongoing is not None:
         return ongoing
-    ceremony = check_restore(backup)
+    ceremony = check_restore(backup, request=request)
     now = timezone.now()
     until = now + share_window()
     if request.execute_by and request.execute_by < until:

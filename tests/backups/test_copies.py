@@ -235,3 +235,20 @@ def test_an_hsm_a_restore_is_on_its_way_to_is_not_retired(
     with pytest.raises(Conflict, match="A restore into HSM other is in progress") as excinfo:
         hsm_retire(hsm=other_hsm, actor=cast.olivia)
     assert excinfo.value.code == "hsm_in_use"
+
+
+def test_one_restore_of_a_version_at_a_time(cast: SimpleNamespace, clock: Any, data_key: Key, other_hsm: Hsm) -> None:
+    from approvals.services import open_request
+
+    backup = back_up(data_key, cast, clock)
+    first = open_restore(data_key, backup, cast, clock, hsm="other")
+    assert Restore.objects.get(request=first).state == RestoreState.COLLECTING
+    with pytest.raises(Conflict) as refused:
+        open_request(
+            operation="restore",
+            requester=cast.alice,
+            justification="a second one at once",
+            target_id=str(data_key.pk),
+            parameters={"backup": str(backup.pk)},
+        )
+    assert refused.value.code == "restore_in_progress"

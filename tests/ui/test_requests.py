@@ -576,3 +576,21 @@ def test_the_request_page_shows_times_readably_and_free_text_as_given(alice: Any
     page = response.content.decode()
     assert "2026-13-45T00:00:00Z" in page
     assert "2026-12-24 17:30:00 UTC" in page
+
+
+def test_a_policy_proposal_names_every_problem_at_once(olivia: Any, kms: Any) -> None:
+    client = web_client(olivia)
+    data = policy_form(
+        client,
+        destruction_wait_days="91",
+        originator_period_days="100",
+        recipient_period_days="50",
+        auto_rotate="on",
+        rotation_period_days="200",
+        justification="Bad.",
+    )
+    response = client.post("/policies/standard/propose/", data)
+    assert field_error(response, "destruction_wait_days") == "The destruction waiting period must be at most 90."
+    assert field_error(response, "recipient_period_days").startswith("The recipient-usage period must not be shorter")
+    assert field_error(response, "rotation_period_days").startswith("The rotation period must not exceed")
+    assert not ApprovalRequest.objects.exists()
