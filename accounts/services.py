@@ -117,6 +117,7 @@ def start_totp_enrolment(user: Any) -> tuple[TOTPDevice, bool]:
     with the password alone) gets a new secret, which makes one scanned earlier stop working, so
     the user notices instead of sharing a secret unknowingly; the page then says so."""
     with transaction.atomic():
+        lock_trail()  # the one lock order: chain head, then rows (confirm takes them the same way)
         replaced = TOTPDevice.objects.filter(user=user, confirmed=False).delete()[0] > 0
         device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
         record(
@@ -125,19 +126,26 @@ def start_totp_enrolment(user: Any) -> tuple[TOTPDevice, bool]:
     return device, replaced
 
 
-def confirm_totp_enrolment(*, user: Any, device_id: int, code: str) -> TOTPDevice:
-    """Confirm a pending device with a code from it. Other confirmed devices are retired."""
+def confirm_totp_enrolment(*, user: Any, device_id: int, code: str, replacing: bool = False) -> TOTPDevice:
+    """Confirm a pending device with a code from it. Other devices (confirmed, or pending in other
+    sessions) are retired. Only a session verified with the current device may replace it
+    (`replacing`); a session with the password alone may only enrol the first device, which is
+    checked here, under the lock, so two such sessions cannot both confirm."""
     with transaction.atomic():
         lock_trail()
         device = TOTPDevice.objects.select_for_update().filter(user=user, pk=device_id, confirmed=False).first()
         if device is None:
             raise ApplicationError("There is no enrolment waiting for confirmation; start again.", code="no_enrolment")
+        if not replacing and TOTPDevice.objects.filter(user=user, confirmed=True).exists():
+            raise ApplicationError(
+                "A device was confirmed for this account meanwhile; sign in with its codes.", code="totp_exists"
+            )
         if not verify_device_code(device, code):
             record("otp.enrolment_failed", actor=user, target_type="user", target_id=user.pk)
             failed = True
         else:
             failed = False
-            TOTPDevice.objects.filter(user=user, confirmed=True).delete()
+            TOTPDevice.objects.filter(user=user).exclude(pk=device.pk).delete()
             device.confirmed = True
             device.save(update_fields=["confirmed"])
             record(

@@ -262,7 +262,9 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
         # django-otp refuses every code for a moment after a wrong one: say so rather than blame the clock.
         throttled_until = _throttle_wait(device)
         try:
-            confirmed = services.confirm_totp_enrolment(user=user, device_id=device.pk, code=form.cleaned_data["code"])
+            confirmed = services.confirm_totp_enrolment(
+                user=user, device_id=device.pk, code=form.cleaned_data["code"], replacing=was_verified
+            )
         except ApplicationError as exc:
             device = _pending_device(request, user)
             if exc.code == "otp_invalid" and throttled_until is not None:

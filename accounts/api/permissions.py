@@ -64,7 +64,9 @@ def _handles(view: Any, request: Request) -> bool:
     if method not in getattr(view, "http_method_names", ()):
         return False
     if method == "options":
-        return True  # DRF answers OPTIONS itself (the view's metadata): checked like a read
+        # DRF answers OPTIONS itself with the view's metadata, when a metadata class is set (the
+        # project sets none: 405); with one, it is checked like a read.
+        return getattr(view, "metadata_class", None) is not None
     if getattr(view, "action_map", None) is not None:  # a viewset: its route maps methods to actions
         return method in view.action_map
     return hasattr(view, method)

@@ -232,9 +232,6 @@ def supersede_older(ceremony: EscrowCeremony, now: dt.datetime) -> list[str]:
     ):
         end_ceremony(older, CeremonyState.SUPERSEDED, now, details={"by": str(ceremony.pk)})
         superseded.append(str(older.pk))
-        from .restore import end_restores_of_superseded  # restore builds on this module
-
-        end_restores_of_superseded(older, now)
     return superseded
 
 
@@ -242,7 +239,10 @@ def end_ceremony(
     ceremony: EscrowCeremony, state: str, now: dt.datetime, *, details: dict[str, Any] | None = None
 ) -> None:
     """End a ceremony (superseded, destroyed, failed): wipe what could open the KEK, its wrapped form
-    and any share not yet handed off. The caller holds the ceremony's row lock."""
+    and any share not yet handed off, and end the restores still collecting its shares (they can
+    never run now). The caller holds the ceremony's row lock."""
+    from .restore import end_restores_of_ended_ceremony  # restore builds on this module
+
     ceremony.state = state
     ceremony.wrapped_kek = ""
     ceremony.ended_at = now
@@ -254,6 +254,7 @@ def end_ceremony(
         target_id=ceremony.kek_version.key_id,
         details={"ceremony": str(ceremony.pk), **(details or {})},
     )
+    end_restores_of_ended_ceremony(ceremony, now)
 
 
 def is_overdue(ceremony: EscrowCeremony, now: dt.datetime) -> bool:

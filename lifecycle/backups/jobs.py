@@ -20,6 +20,7 @@ from kms_console.lib.errors import Conflict
 
 from ..hsm import HsmDataError, HsmError, HsmOperationError
 from ..models import Backup, EscrowCeremony, Job, JobKind, KeyVersion, Restore
+from ..models.backups import LIVE_CEREMONY_STATES
 from ..services import keys
 from ..services.jobs import JobHandler, register_job_handler
 from ..services.steps import DESTRUCTION_HOOKS, object_label
@@ -30,7 +31,14 @@ from .common import b64, unb64
 from .destruction import destroy_backups
 from .distribution import record_export
 from .escrow import KEK_ALGORITHM, record_escrow, share_context
-from .restore import discard_restored, fail_restore, record_restore, record_stray_copy, restore_material
+from .restore import (
+    ceremony_gone_message,
+    discard_restored,
+    fail_restore,
+    record_restore,
+    record_stray_copy,
+    restore_material,
+)
 
 # --- Backup ---------------------------------------------------------------------------------------
 
@@ -140,7 +148,8 @@ def _discard_earlier_delivery(restore: Restore, backup: Backup) -> None:
 
     - Destroyed: the destruction is over, so the object is a stray: destroy it (and confirm it is gone).
     - Scheduled: record it as a copy of the version on the target (`record_stray_copy`, under the
-      version's row lock), so that the destruction reaches it; nothing is destroyed early.
+      version's row lock), so that the destruction reaches it; nothing is destroyed early. If the
+      destruction committed in between, the lock shows it, and the object is destroyed now.
     """
     version = backup.version
     target = restore.target_hsm
@@ -148,10 +157,8 @@ def _discard_earlier_delivery(restore: Restore, backup: Backup) -> None:
     existing = backend.lookup(version.cka_id_bytes, version.key.algorithm)
     if existing is None or not _is_the_backed_up_key(backend, existing.kcv, backup):
         return
-    if version.state == KeyState.DESTROYED:
+    if version.state == KeyState.DESTROYED or not record_stray_copy(restore, version):
         discard_restored(restore, version)
-    else:
-        record_stray_copy(restore, version)
 
 
 def _restore_attempt(job: Job, restore: Restore) -> dict[str, Any]:
@@ -182,6 +189,9 @@ def _restore_attempt(job: Job, restore: Restore) -> dict[str, Any]:
                 f"HSM {restore.target_hsm.name} holds another object under this version's CKA_ID; nothing was restored"
             )
         return {"kcv": backup.kcv, "created": False, "hsm": restore.target_hsm.name, **_source_check(restore, version)}
+    ceremony = EscrowCeremony.objects.get(pk=restore.ceremony_id)
+    if ceremony.state not in LIVE_CEREMONY_STATES or not ceremony.wrapped_kek:
+        raise Conflict(ceremony_gone_message(ceremony))
     entered = restore_material(restore)
     recovery_key = shares.combine(entered)
     try:

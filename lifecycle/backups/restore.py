@@ -107,6 +107,15 @@ def start_restore(*, backup: Backup, hsm: Hsm, request: ApprovalRequest) -> Rest
     if ongoing is not None:
         return ongoing
     ceremony = check_restore(backup, request=request)
+    approved = request.parameters.get("escrow")
+    if approved and str(ceremony.pk) != approved:
+        # The approvers approved a restore from one ceremony's shares (its holders, its threshold);
+        # a retry after that ceremony was superseded must not run on another one.
+        raise Conflict(
+            "The escrow ceremony this restore was approved with has been replaced by a newer one; open a new "
+            "restore request, which the holders of the new ceremony's shares can serve.",
+            code="escrow_changed",
+        )
     now = timezone.now()
     until = now + share_window()
     if request.execute_by and request.execute_by < until:
@@ -286,14 +295,28 @@ def expire_restore(restore: Restore, now: dt.datetime) -> None:
     )
 
 
-def end_restores_of_superseded(ceremony: Any, now: dt.datetime) -> int:
-    """A newer ceremony superseded `ceremony` (its wrapped KEK is wiped): restores still collecting
-    shares of it can never run. End them now, with the reason, and wipe the shares entered so far.
-    (A restore whose job runs already read what it needs.) The caller holds the ceremony's lock."""
-    message = (
-        "The escrow ceremony this restore relied on was superseded by a newer one; its shares open nothing "
-        "now. Request the restore again: the holders enter shares of the new ceremony."
+# Why a restore can never run once its ceremony ended, by the ceremony's end state.
+_ENDED_CEREMONY = {
+    "superseded": "was superseded by a newer one",
+    "destroyed": "was destroyed with its KEK",
+    "failed": "failed (its shares were not all taken in time)",
+}
+
+
+def ceremony_gone_message(ceremony: Any) -> str:
+    why = _ENDED_CEREMONY.get(ceremony.state, "has ended")
+    return (
+        f"The escrow ceremony this restore relied on {why}; its shares open nothing now. Request the restore "
+        "again: the holders enter shares of the current ceremony."
     )
+
+
+def end_restores_of_ended_ceremony(ceremony: Any, now: dt.datetime) -> int:
+    """`ceremony` ended (its wrapped KEK is wiped): restores still collecting its shares can never
+    run. End them now, with the reason, and wipe the shares entered so far. A restore whose job is
+    queued or running fails when the job finds the ceremony gone (lifecycle.backups.jobs), with
+    the same reason. The caller holds the ceremony's lock."""
+    message = ceremony_gone_message(ceremony)
     ended = 0
     for restore in (
         Restore.objects.select_for_update()
@@ -309,7 +332,7 @@ def end_restores_of_superseded(ceremony: Any, now: dt.datetime) -> int:
             "restore.failed",
             target_type="key",
             target_id=restore.backup.version.key_id,
-            details={"restore": str(restore.pk), "error": message, "reason": "ceremony_superseded"},
+            details={"restore": str(restore.pk), "error": message, "reason": f"ceremony_{ceremony.state}"},
         )
         approvals.mark_failed(restore.request_id, message)
         ended += 1
@@ -423,18 +446,24 @@ def _record_copy(
 
 
 @transaction.atomic
-def record_stray_copy(restore: Restore, version: KeyVersion) -> VersionCopy | None:
+def record_stray_copy(restore: Restore, version: KeyVersion) -> bool:
     """The target of a restore that was refused holds the version's material (an earlier delivery
     put it there): record it as a copy, so that the version's destruction destroys it too. Nothing
     is recorded where the version lives or where a live copy is recorded already (row lock on the
-    version: a concurrent restore that moves it is seen)."""
+    version: a concurrent restore that moves it is seen).
+
+    Returns False when the version turned out destroyed meanwhile (its destruction committed after
+    the caller looked): no record can make a later destruction reach the object, so the caller
+    destroys it now (`discard_restored`).
+    """
     version = KeyVersion.objects.select_for_update().get(pk=version.pk)
-    if version.state == KeyState.DESTROYED or version.hsm_id == restore.target_hsm_id:
-        return None
-    live = VersionCopy.objects.filter(version=version, hsm_id=restore.target_hsm_id, ended_at__isnull=True).first()
-    if live is not None:
-        return live
-    copy = VersionCopy.objects.create(
+    if version.state == KeyState.DESTROYED:
+        return False
+    if version.hsm_id == restore.target_hsm_id:
+        return True
+    if VersionCopy.objects.filter(version=version, hsm_id=restore.target_hsm_id, ended_at__isnull=True).exists():
+        return True
+    VersionCopy.objects.create(
         version=version, hsm_id=restore.target_hsm_id, restore=restore, seen_present=True, recorded_at=timezone.now()
     )
     record(
@@ -448,7 +477,7 @@ def record_stray_copy(restore: Restore, version: KeyVersion) -> VersionCopy | No
             "reason": "an earlier run of the refused restore left the key there",
         },
     )
-    return copy
+    return True
 
 
 def discard_restored(restore: Restore, version: KeyVersion) -> None:

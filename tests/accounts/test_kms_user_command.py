@@ -188,3 +188,27 @@ def test_a_new_password_voids_an_enrolment_secret_shown_under_the_old_one(kms: A
     start_totp_enrolment(user)  # a session with the old password saw this secret
     provision_user(username="nora", roles={"key_admin"}, password="a new long passphrase 2")
     assert not TOTPDevice.objects.filter(user=user).exists()
+
+
+def test_confirming_a_device_retires_other_pending_ones_and_a_second_first_device_is_refused(kms: Any) -> None:
+    from django_otp.oath import totp
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from accounts.services import confirm_totp_enrolment, provision_user, start_totp_enrolment
+    from kms_console.lib.errors import ApplicationError
+
+    user, _, _ = provision_user(username="nora", roles={"key_admin"}, password="an old long passphrase")
+    mine, _ = start_totp_enrolment(user)
+    TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)  # another session's pending one
+
+    def code(device: Any) -> str:
+        return f"{totp(device.bin_key, device.step, device.t0, device.digits, device.drift):06d}"
+
+    confirm_totp_enrolment(user=user, device_id=mine.pk, code=code(mine))
+    assert list(TOTPDevice.objects.filter(user=user).values_list("pk", flat=True)) == [mine.pk]
+    # A session with the password alone cannot confirm a first device over an existing one.
+    late = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
+    with pytest.raises(ApplicationError) as refused:
+        confirm_totp_enrolment(user=user, device_id=late.pk, code=code(late))
+    assert refused.value.code == "totp_exists"
+    assert TOTPDevice.objects.get(pk=mine.pk).confirmed

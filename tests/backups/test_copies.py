@@ -252,3 +252,36 @@ def test_one_restore_of_a_version_at_a_time(cast: SimpleNamespace, clock: Any, d
             parameters={"backup": str(backup.pk)},
         )
     assert refused.value.code == "restore_in_progress"
+
+
+def test_a_stray_object_is_destroyed_when_the_destruction_commits_while_it_is_being_recorded(
+    cast: SimpleNamespace, clock: Any, escrow: Any, shares: dict[str, str], other_hsm: Hsm, monkeypatch: Any
+) -> None:
+    from lifecycle.backups import jobs as backup_jobs
+    from lifecycle.backups import restore as restore_module
+    from tests.lifecycle.helpers import wait_out_destruction
+
+    make_policy("waiting", destruction_wait_days=7)
+    key = generate_key(cast.alice, cast.approvers, clock, name="payments", policy="waiting")
+    version = key.primary_version
+    backup = back_up(key, cast, clock)
+    req = open_restore(key, backup, cast, clock, hsm="other")
+    restore = Restore.objects.get(request=req)
+    with jobs_held_back(monkeypatch):
+        enter(restore.pk, cast.bob, shares["bob"], clock)
+        enter(restore.pk, cast.carol, shares["carol"], clock)
+    job = Job.objects.get(kind="restore", params__restore_id=str(restore.pk))
+    backup_jobs._restore_attempt(job, Restore.objects.select_related("target_hsm").get(pk=restore.pk))
+    run_operation("schedule_destruction", key, cast.alice, cast.approvers, clock)
+    real = restore_module.record_stray_copy
+
+    def destruction_commits_first(restore: Restore, version: KeyVersion) -> bool:
+        wait_out_destruction(key, clock)  # the job saw "scheduled"; now it is destroyed
+        return real(restore, version)
+
+    monkeypatch.setattr(backup_jobs, "record_stray_copy", destruction_commits_first)
+    run_job(job.pk)  # the redelivery
+    key.refresh_from_db()
+    assert key.state == KeyState.DESTROYED
+    assert not other_hsm.backend().exists(version.cka_id_bytes)
+    assert not VersionCopy.objects.filter(version=version, ended_at__isnull=True).exists()

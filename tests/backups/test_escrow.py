@@ -274,3 +274,74 @@ def test_a_restore_collecting_shares_of_a_superseded_ceremony_ends_with_the_reas
     assert req.state == RequestState.FAILED and "superseded" in req.error
     with pytest.raises(ApplicationError):
         enter(restore.pk, cast.carol, old_shares["carol"], clock)
+
+
+def test_a_retried_restore_does_not_run_on_a_ceremony_the_approvers_did_not_see(
+    cast: SimpleNamespace, clock: Any, kek: Any, escrow: EscrowCeremony
+) -> None:
+    from approvals.models import RequestState
+    from approvals.services import retry
+    from lifecycle.models import Restore
+    from tests.backups.conftest import back_up, open_restore
+    from tests.lifecycle.helpers import generate_key as make_key
+
+    take_shares(escrow, clock)
+    key = make_key(cast.alice, cast.approvers, clock, name="payments")
+    backup = back_up(key, cast, clock)
+    req = open_restore(key, backup, cast, clock)
+    newer = hold_escrow(kek, cast, clock, holders=("bob", "carol"), threshold=2)
+    take_shares(newer, clock)  # supersedes: the restore fails
+    req.refresh_from_db()
+    assert req.state == RequestState.FAILED
+    retry(request_id=req.pk, actor=cast.bob)
+    req.refresh_from_db()
+    assert req.state == RequestState.FAILED and "replaced by a newer one" in req.error
+    assert Restore.objects.filter(request=req).count() == 1
+
+
+def test_a_restore_whose_job_waits_when_its_ceremony_is_superseded_fails_with_that_reason(
+    cast: SimpleNamespace, clock: Any, kek: Any, escrow: EscrowCeremony, monkeypatch: Any
+) -> None:
+    from approvals.models import RequestState
+    from lifecycle.hsm import default_backend
+    from lifecycle.models import Restore, RestoreState
+    from tests.backups.conftest import back_up, enter, jobs_held_back, open_restore
+    from tests.lifecycle.helpers import generate_key as make_key
+
+    old_shares = take_shares(escrow, clock)
+    key = make_key(cast.alice, cast.approvers, clock, name="payments")
+    backup = back_up(key, cast, clock)
+    default_backend().destroy(key.primary_version.cka_id_bytes)
+    req = open_restore(key, backup, cast, clock)
+    restore = Restore.objects.get(request=req)
+    with jobs_held_back(monkeypatch):
+        enter(restore.pk, cast.bob, old_shares["bob"], clock)
+        enter(restore.pk, cast.carol, old_shares["carol"], clock)
+    restore.refresh_from_db()
+    assert restore.state == RestoreState.RESTORING
+    newer = hold_escrow(kek, cast, clock, holders=("bob", "carol"), threshold=2)
+    take_shares(newer, clock)  # supersedes the ceremony the queued job needs
+    run_job(Job.objects.get(kind="restore", params__restore_id=str(restore.pk)).pk)
+    restore.refresh_from_db()
+    req.refresh_from_db()
+    assert restore.state == RestoreState.FAILED and "was superseded by a newer one" in restore.error
+    assert req.state == RequestState.FAILED and "was superseded by a newer one" in req.error
+
+
+def test_restores_collecting_shares_of_a_ceremony_that_fails_end_with_it(
+    cast: SimpleNamespace, clock: Any, escrow: EscrowCeremony, settings: Any
+) -> None:
+    from lifecycle.models import Restore, RestoreState
+    from tests.backups.conftest import back_up, open_restore
+    from tests.lifecycle.helpers import generate_key as make_key
+
+    for holder in (cast.bob, cast.carol):  # dave never takes his
+        retrieve_share(share_id=escrow.shares.get(holder=holder).pk, user=holder, otp=fresh_otp(holder, clock))
+    key = make_key(cast.alice, cast.approvers, clock, name="payments")
+    backup = back_up(key, cast, clock)
+    restore = Restore.objects.get(request=open_restore(key, backup, cast, clock))
+    assert restore.ceremony_id == escrow.pk
+    clock.advance(hours=settings.KMS_ESCROW_SHARE_RETRIEVAL_HOURS)
+    expire_ceremonies()
+    restore.refresh_from_db()
+    assert restore.state == RestoreState.FAILED and "failed (its shares were not all taken in time)" in restore.error
