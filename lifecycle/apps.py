@@ -9,10 +9,11 @@ class LifecycleConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import actions
+        from . import actions, admin_actions
         from .services import steps
 
         actions.register_all()
+        admin_actions.register_all()
         steps.register()
 
         from .backups import actions as backup_actions
