@@ -122,7 +122,7 @@ def _decisions_of(request: ApprovalRequest | None) -> tuple[DecisionEntry, ...]:
     )
 
 
-def _uuid_or_none(value: Any) -> uuid.UUID | None:
+def uuid_or_none(value: Any) -> uuid.UUID | None:
     """A request id from an audit event's details (None, or a value that is not one, gives None)."""
     try:
         return uuid.UUID(str(value)) if value else None
@@ -218,7 +218,7 @@ def key_timeline(key: Key | Any) -> list[TimelineEntry]:
         details = event.details or {}
         if event.action == "key.rotation_started":
             return request_of_new_version.get(details.get("version"))  # type: ignore[arg-type]
-        return _uuid_or_none(details.get("request"))
+        return uuid_or_none(details.get("request"))
 
     request_ids = {t.request_id for t in transitions if t.request_id} | {
         rid for rid in map(event_request_id, events) if rid is not None

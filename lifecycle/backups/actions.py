@@ -26,6 +26,7 @@ from ..actions import KEY_ADMIN, _extra_none, _generate_prepare, _get_key, _requ
 from ..hsm import get_algorithm
 from ..models import Backup, Hsm, Job, JobKind, JobStatus, Key, Policy
 from ..policies import quorum_for
+from ..selectors import uuid_or_none
 from ..services import jobs, keys
 from ..services.jobs import create_job
 from .backup import check_backup, start_backup
@@ -190,7 +191,8 @@ def _restore_progress(req: ApprovalRequest) -> Progress | None:
     from ..models import Restore, RestoreState
 
     restore_id = (req.result or {}).get("restore")
-    restore = Restore.objects.select_related("ceremony").filter(pk=restore_id).first() if _is_uuid(restore_id) else None
+    restore_pk = uuid_or_none(restore_id)
+    restore = Restore.objects.select_related("ceremony").filter(pk=restore_pk).first() if restore_pk else None
     if restore is None or restore.state != RestoreState.COLLECTING:
         return None
     entered = restore.entered_shares.count()
@@ -204,14 +206,6 @@ def _restore_progress(req: ApprovalRequest) -> Progress | None:
         url=reverse("backups:restore", args=[restore.pk]),
         link_text="Enter a share",
     )
-
-
-def _is_uuid(value: Any) -> bool:
-    try:
-        uuid.UUID(str(value))
-    except ValueError:
-        return False
-    return True
 
 
 def _restore_describe(req: ApprovalRequest) -> str:
